@@ -1,0 +1,119 @@
+//! Argument definitions and dispatch; each subcommand lives in its own file.
+
+mod bench;
+mod eval;
+mod fit;
+mod models;
+mod segment;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use causeseg::engine::Backend;
+use causeseg::model::{backbone, Model, DEFAULT_MODEL_DIR};
+use causeseg::Segmenter;
+
+/// Unsupervised semantic segmentation (CAUSE) for robots: tract on any CPU,
+/// ONNX Runtime / TensorRT on GPUs.
+#[derive(Debug, Parser)]
+#[command(name = "causeseg", version, about)]
+pub struct Cli {
+    /// Backbone cache directory [default: $CAUSESEG_CACHE or ~/.cache/causeseg].
+    #[arg(long, global = true)]
+    cache_dir: Option<PathBuf>,
+    /// Debug logging (or set RUST_LOG).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Fetch or import backbones.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
+    /// Learn concepts from unlabelled images and write a model directory.
+    Fit(fit::FitArgs),
+    /// Segment image files into label maps and visualisations.
+    Segment(segment::SegmentArgs),
+    /// Score a model against labelled images (Hungarian-matched mIoU).
+    Eval(eval::EvalArgs),
+    /// Measure per-stage latency and peak memory.
+    Bench(bench::BenchArgs),
+}
+
+/// Options shared by every command that runs a model.
+#[derive(Debug, clap::Args)]
+struct ModelArgs {
+    /// Model directory [default: the model shipped in models/camvid-kmeans].
+    #[arg(long, env = "CAUSESEG_MODEL")]
+    model: Option<PathBuf>,
+    /// Inference backend.
+    #[arg(long, value_enum, default_value_t = Backend::Tract)]
+    backend: Backend,
+}
+
+impl ModelArgs {
+    fn load(&self, cache_dir: &Path) -> anyhow::Result<Segmenter> {
+        let dir = self.model.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL_DIR));
+        let model = Model::load(&dir)?;
+        log::info!("model {} ({} concepts) from {}", model.manifest.name, model.num_concepts(), dir.display());
+        let segmenter = Segmenter::new(model, self.backend, cache_dir)
+            .with_context(|| format!("loading the backbone for {}", dir.display()))?;
+        Ok(segmenter)
+    }
+}
+
+/// Parses "WxH" (e.g. "448x336").
+fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let (w, h) = text.split_once(['x', 'X']).ok_or_else(|| format!("'{text}' is not WIDTHxHEIGHT, e.g. 448x336"))?;
+    let parse = |s: &str| s.trim().parse::<u32>().map_err(|_| format!("'{text}' is not WIDTHxHEIGHT, e.g. 448x336"));
+    let size = (parse(w)?, parse(h)?);
+    if size.0 == 0 || size.1 == 0 {
+        return Err(format!("'{text}': width and height must be positive"));
+    }
+    Ok(size)
+}
+
+/// Runs the parsed command.
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let cache = backbone::cache_dir(cli.cache_dir.as_deref());
+    match cli.command {
+        Command::Models(command) => models::run(command, &cache),
+        Command::Fit(args) => fit::run(args, &cache),
+        Command::Segment(args) => segment::run(args, &cache),
+        Command::Eval(args) => eval::run(args, &cache),
+        Command::Bench(args) => bench::run(args, &cache),
+    }
+}
+
+/// An error and its causes on one line ("outer: inner: root"), skipping
+/// causes whose text the outer message already contains.
+pub fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("448x336"), Ok((448, 336)));
+        assert!(parse_size("448").unwrap_err().contains("WIDTHxHEIGHT"));
+        assert!(parse_size("0x5").is_err());
+    }
+}

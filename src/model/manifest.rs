@@ -1,0 +1,169 @@
+//! `model.toml`: what a model directory contains and how to feed it.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::ModelError;
+use crate::pipeline::preprocess::ResizePolicy;
+
+/// The manifest format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The ImageNet mean every supported backbone was trained with.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// The ImageNet standard deviation every supported backbone was trained with.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// The parsed `model.toml` of a model directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Manifest format; must equal [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Short model name, shown in logs.
+    pub name: String,
+    /// Free text: how the model was made.
+    #[serde(default)]
+    pub description: String,
+    /// The backbone network this model runs on.
+    pub backbone: BackboneRef,
+    /// Input size and normalisation.
+    pub input: InputSpec,
+    /// How patch features map to concepts.
+    pub concepts: ConceptSpec,
+}
+
+/// A backbone ONNX file in the backbone cache, pinned by hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackboneRef {
+    /// File name inside the backbone cache directory.
+    pub file: String,
+    /// sha256 of that file (hex); checked before the file is used.
+    pub sha256: String,
+    /// ViT patch size in pixels.
+    pub patch_size: u32,
+    /// Token feature dimension.
+    pub feature_dim: usize,
+}
+
+/// Network input size and normalisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// Input width in pixels (a multiple of the patch size).
+    pub width: u32,
+    /// Input height in pixels (a multiple of the patch size).
+    pub height: u32,
+    /// Per-channel RGB mean, on the [0, 1] scale.
+    pub mean: [f32; 3],
+    /// Per-channel RGB standard deviation, on the [0, 1] scale.
+    pub std: [f32; 3],
+    /// How images of another aspect ratio are fitted to the input.
+    #[serde(default)]
+    pub resize: ResizePolicy,
+}
+
+/// The concept mapping: centroid vectors plus display names and colours.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConceptSpec {
+    /// `.npy` file, float32 `[K, feature_dim]`: one vector per concept; a
+    /// patch belongs to the concept of highest cosine similarity.
+    pub centroids: String,
+    /// One display name per concept.
+    pub names: Vec<String>,
+    /// One RGB display colour per concept.
+    pub colors: Vec<[u8; 3]>,
+}
+
+impl Manifest {
+    /// Parses manifest text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ModelError> {
+        let invalid = |reason: String| ModelError::InvalidManifest { path: path.into(), reason };
+        let table: toml::Table = toml::from_str(text).map_err(|e| invalid(e.message().to_string()))?;
+        match table.get("format_version") {
+            None => return Err(invalid("missing field `format_version`".into())),
+            Some(toml::Value::Integer(v)) if *v == FORMAT_VERSION as i64 => {}
+            Some(v) => {
+                return Err(ModelError::UnsupportedVersion { path: path.into(), found: v.to_string() });
+            }
+        }
+        let manifest: Manifest = toml::from_str(text).map_err(|e| invalid(e.message().to_string()))?;
+        manifest.validate().map_err(invalid)?;
+        Ok(manifest)
+    }
+
+    /// Serialises the manifest as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a manifest always serialises")
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let p = self.backbone.patch_size;
+        if p == 0 || self.input.width % p != 0 || self.input.height % p != 0 || self.input.width == 0 || self.input.height == 0 {
+            return Err(format!(
+                "input size {}x{} is not a positive multiple of the patch size {p}",
+                self.input.width, self.input.height
+            ));
+        }
+        let k = self.concepts.names.len();
+        if k == 0 || k > 255 {
+            return Err(format!("{k} concept names; expected between 1 and 255"));
+        }
+        if self.concepts.colors.len() != k {
+            return Err(format!("{k} concept names but {} colours", self.concepts.colors.len()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Manifest {
+        Manifest {
+            format_version: FORMAT_VERSION,
+            name: "toy".into(),
+            description: String::new(),
+            backbone: BackboneRef { file: "b.onnx".into(), sha256: "00".into(), patch_size: 14, feature_dim: 384 },
+            input: InputSpec {
+                width: 448,
+                height: 336,
+                mean: IMAGENET_MEAN,
+                std: IMAGENET_STD,
+                resize: ResizePolicy::Stretch,
+            },
+            concepts: ConceptSpec { centroids: "c.npy".into(), names: vec!["a".into()], colors: vec![[1, 2, 3]] },
+        }
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let m = sample();
+        assert_eq!(Manifest::parse(&m.to_toml(), Path::new("m.toml")).unwrap(), m);
+    }
+
+    #[test]
+    fn unknown_version_is_named() {
+        let text = sample().to_toml().replace("format_version = 1", "format_version = 7");
+        let err = Manifest::parse(&text, Path::new("m.toml")).unwrap_err().to_string();
+        assert!(err.contains("format_version 7") && err.contains("reads version 1"), "{err}");
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let text = sample().to_toml().replace("patch_size = 14\n", "");
+        let err = Manifest::parse(&text, Path::new("m.toml")).unwrap_err().to_string();
+        assert!(err.contains("patch_size"), "{err}");
+    }
+
+    #[test]
+    fn input_must_be_a_multiple_of_the_patch() {
+        let text = sample().to_toml().replace("width = 448", "width = 450");
+        let err = Manifest::parse(&text, Path::new("m.toml")).unwrap_err().to_string();
+        assert!(err.contains("450x336"), "{err}");
+    }
+}

@@ -1,0 +1,230 @@
+//! Reading, editing and writing ONNX graphs.
+//!
+//! The project edits graphs itself (no Python at run time): cutting a
+//! backbone out of a larger network, dropping the CLS token, and making the
+//! spatial input dimensions symbolic so one file runs at any input size.
+//! The protobuf types are tract-onnx's own (`tract_onnx::pb`), encoded with
+//! prost.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+pub use tract_onnx::pb;
+
+/// Errors while reading, editing or writing an ONNX file.
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// The bytes are not an ONNX ModelProto.
+    #[error("{path} is not an ONNX model ({reason})")]
+    NotOnnx { path: PathBuf, reason: String },
+    /// The requested tensor is produced by no node of the graph.
+    #[error("tensor '{name}' is not produced by any node of the graph; tensors near the end are: {candidates}")]
+    TensorNotFound { name: String, candidates: String },
+    /// The graph does not have the single image input a backbone needs.
+    #[error("expected one image input of shape [N, 3, H, W], found {0}")]
+    BadInput(String),
+}
+
+/// Reads an ONNX model from `path`.
+pub fn read_model(path: &Path) -> Result<pb::ModelProto, OnnxError> {
+    let bytes = std::fs::read(path).map_err(|source| OnnxError::Io { path: path.into(), source })?;
+    let model = pb::ModelProto::decode(bytes.as_slice())
+        .map_err(|e| OnnxError::NotOnnx { path: path.into(), reason: e.to_string() })?;
+    if model.graph.as_ref().is_none_or(|g| g.node.is_empty()) {
+        return Err(OnnxError::NotOnnx { path: path.into(), reason: "it has no graph nodes".into() });
+    }
+    Ok(model)
+}
+
+/// Writes `model` to `path` (atomically: a temporary file renamed into place).
+pub fn write_model(model: &pb::ModelProto, path: &Path) -> Result<(), OnnxError> {
+    let io = |source| OnnxError::Io { path: path.into(), source };
+    let tmp = path.with_extension("onnx.partial");
+    std::fs::write(&tmp, model.encode_to_vec()).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Cuts `model` so that its only output is the patch tokens of `tensor`.
+///
+/// `tensor` is a `[N, prefix + tokens, D]` activation (e.g. the final
+/// LayerNorm of a ViT); the first `prefix_tokens` tokens (CLS, registers)
+/// are sliced off. Nodes not needed for `tensor` are dropped with their
+/// initializers, the image input's H and W become symbolic, and stale shape
+/// annotations are removed so the file runs at any size the network accepts.
+pub fn extract_backbone(
+    model: &pb::ModelProto,
+    tensor: &str,
+    prefix_tokens: usize,
+    output_name: &str,
+) -> Result<pb::ModelProto, OnnxError> {
+    let graph = model.graph.as_ref().expect("read_model checks the graph");
+    let producer: HashMap<&str, usize> = graph
+        .node
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
+        .collect();
+    if !producer.contains_key(tensor) {
+        let candidates = graph.node.iter().rev().take(8).flat_map(|n| n.output.clone()).collect::<Vec<_>>();
+        return Err(OnnxError::TensorNotFound { name: tensor.into(), candidates: candidates.join(", ") });
+    }
+
+    let mut keep = HashSet::new();
+    let mut stack = vec![tensor.to_string()];
+    let mut used_names = HashSet::new();
+    while let Some(name) = stack.pop() {
+        if !used_names.insert(name.clone()) {
+            continue;
+        }
+        if let Some(&i) = producer.get(name.as_str()) {
+            if keep.insert(i) {
+                stack.extend(graph.node[i].input.iter().filter(|s| !s.is_empty()).cloned());
+            }
+        }
+    }
+    let initializer_names: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let image_inputs: Vec<&pb::ValueInfoProto> = graph
+        .input
+        .iter()
+        .filter(|i| used_names.contains(&i.name) && !initializer_names.contains(i.name.as_str()))
+        .collect();
+    let [image] = image_inputs.as_slice() else {
+        let names: Vec<&str> = image_inputs.iter().map(|i| i.name.as_str()).collect();
+        return Err(OnnxError::BadInput(format!("{} inputs ({})", names.len(), names.join(", "))));
+    };
+
+    let mut nodes: Vec<pb::NodeProto> =
+        graph.node.iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, n)| n.clone()).collect();
+    let mut initializers: Vec<pb::TensorProto> =
+        graph.initializer.iter().filter(|t| used_names.contains(&t.name)).cloned().collect();
+    let (starts, ends, axes) = ("causeseg_slice_starts", "causeseg_slice_ends", "causeseg_slice_axes");
+    initializers.push(int64_tensor(starts, &[prefix_tokens as i64]));
+    initializers.push(int64_tensor(ends, &[i64::MAX]));
+    initializers.push(int64_tensor(axes, &[1]));
+    nodes.push(pb::NodeProto {
+        input: vec![tensor.into(), starts.into(), ends.into(), axes.into()],
+        output: vec![output_name.into()],
+        name: "causeseg_drop_prefix_tokens".into(),
+        op_type: "Slice".into(),
+        ..Default::default()
+    });
+
+    let new_graph = pb::GraphProto {
+        node: nodes,
+        name: "causeseg_backbone".into(),
+        initializer: initializers,
+        input: vec![float_value_info(&image.name, &[Dim::Param("batch"), Dim::Value(3), Dim::Param("height"), Dim::Param("width")])],
+        output: vec![float_value_info(output_name, &[Dim::Param("batch"), Dim::Param("tokens"), Dim::Param("dim")])],
+        ..Default::default()
+    };
+    Ok(pb::ModelProto {
+        graph: Some(new_graph),
+        producer_name: "causeseg".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        metadata_props: vec![],
+        ..model.clone()
+    })
+}
+
+/// One dimension of a declared tensor shape.
+enum Dim {
+    Value(i64),
+    Param(&'static str),
+}
+
+fn float_value_info(name: &str, dims: &[Dim]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Dim::Value(v) => Value::DimValue(*v),
+                Dim::Param(p) => Value::DimParam(p.to_string()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: pb::tensor_proto::DataType::Float as i32,
+                shape: Some(pb::TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn int64_tensor(name: &str, values: &[i64]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        dims: vec![values.len() as i64],
+        data_type: pb::tensor_proto::DataType::Int64 as i32,
+        int64_data: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(op: &str, inputs: &[&str], output: &str) -> pb::NodeProto {
+        pb::NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            op_type: op.into(),
+            ..Default::default()
+        }
+    }
+
+    fn toy_model() -> pb::ModelProto {
+        pb::ModelProto {
+            ir_version: 7,
+            graph: Some(pb::GraphProto {
+                node: vec![
+                    node("Relu", &["image"], "a"),
+                    node("Sigmoid", &["a"], "tokens"),
+                    node("Neg", &["tokens", "w_head"], "head_out"),
+                ],
+                initializer: vec![int64_tensor("w_head", &[1])],
+                input: vec![float_value_info("image", &[Dim::Value(1)])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn cut_keeps_only_the_needed_nodes_and_adds_the_slice() {
+        let cut = extract_backbone(&toy_model(), "tokens", 1, "patch_tokens").unwrap();
+        let g = cut.graph.unwrap();
+        let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops, ["Relu", "Sigmoid", "Slice"]);
+        assert!(g.initializer.iter().all(|t| t.name != "w_head"), "unused initializer kept");
+        assert_eq!(g.output[0].name, "patch_tokens");
+        let starts = g.initializer.iter().find(|t| t.name == "causeseg_slice_starts").unwrap();
+        assert_eq!(starts.int64_data, [1]);
+    }
+
+    #[test]
+    fn unknown_tensor_names_the_candidates() {
+        let err = extract_backbone(&toy_model(), "nope", 1, "x").unwrap_err().to_string();
+        assert!(err.contains("'nope'") && err.contains("head_out"), "{err}");
+    }
+
+    #[test]
+    fn garbage_bytes_are_not_onnx() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.onnx");
+        std::fs::write(&path, b"definitely not protobuf \xff\xff\xff").unwrap();
+        let err = read_model(&path).unwrap_err().to_string();
+        assert!(err.contains("is not an ONNX model"), "{err}");
+    }
+}

@@ -1,0 +1,140 @@
+//! [`Segmenter`]: the library entry point that turns an RGB frame into a
+//! concept label map, and [`FeatureExtractor`], the backbone half of it that
+//! training uses on its own.
+
+use std::path::Path;
+use std::time::Instant;
+
+use image::{GrayImage, RgbImage};
+use ndarray::Array3;
+
+use super::postprocess::{concept_scores, upsample_argmax};
+use super::preprocess::{Placement, PreprocessError, Preprocessor, ResizePolicy};
+use super::timing::{ms_since, StageTimes};
+use crate::engine::{self, Backend, Engine, EngineError, EngineSpec};
+use crate::model::backbone::{self, BackboneError};
+use crate::model::manifest::{BackboneRef, InputSpec};
+use crate::model::{Model, ModelError};
+
+/// Anything that can go wrong between a model directory and a label map.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    /// The model directory is unusable.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The backbone could not be fetched or verified.
+    #[error(transparent)]
+    Backbone(#[from] BackboneError),
+    /// The backbone could not be loaded or run.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The image could not be decoded or is unusable.
+    #[error(transparent)]
+    Preprocess(#[from] PreprocessError),
+}
+
+/// Backbone plus preprocessing: image → patch features.
+pub struct FeatureExtractor {
+    engine: Box<dyn Engine>,
+    preprocessor: Preprocessor,
+    patch_size: u32,
+}
+
+impl FeatureExtractor {
+    /// Resolves (fetching if needed) and loads the backbone for `input`.
+    pub fn new(reference: &BackboneRef, input: &InputSpec, backend: Backend, cache: &Path) -> Result<Self, SegmentError> {
+        let path = backbone::resolve(reference, cache)?;
+        let spec = EngineSpec {
+            path,
+            width: input.width,
+            height: input.height,
+            patch_size: reference.patch_size,
+            feature_dim: reference.feature_dim,
+        };
+        let engine = engine::load(backend, &spec)?;
+        let preprocessor =
+            Preprocessor::new(input.width, input.height, reference.patch_size, input.mean, input.std, input.resize);
+        Ok(FeatureExtractor { engine, preprocessor, patch_size: reference.patch_size })
+    }
+
+    /// Overrides the resize policy of the manifest.
+    pub fn set_resize_policy(&mut self, policy: ResizePolicy, input: &InputSpec) {
+        self.preprocessor = Preprocessor::new(input.width, input.height, self.patch_size, input.mean, input.std, policy);
+    }
+
+    /// The backend's name.
+    pub fn backend(&self) -> String {
+        self.engine.backend()
+    }
+
+    /// Patch features `[rows, cols, D]` of `image`, where it landed in the
+    /// input, and the preprocess/backbone times. `what` names it in errors.
+    pub fn features(&mut self, image: &RgbImage, what: &str) -> Result<(Array3<f32>, Placement, StageTimes), SegmentError> {
+        let start = Instant::now();
+        let (tensor, placement) = self.preprocessor.run(image, what)?;
+        let preprocess_ms = ms_since(start);
+        let start = Instant::now();
+        let features = self.engine.features(tensor)?;
+        let times = StageTimes { preprocess_ms, backbone_ms: ms_since(start), ..Default::default() };
+        Ok((features, placement, times))
+    }
+}
+
+/// A label map and what it cost.
+#[derive(Debug, Clone)]
+pub struct Segmentation {
+    /// One concept id per pixel.
+    pub labels: GrayImage,
+    /// Per-stage times (decode is filled in by callers that decode).
+    pub times: StageTimes,
+}
+
+/// Model directory + backbone engine: RGB frames in, concept label maps out.
+///
+/// ```no_run
+/// use causeseg::{engine::Backend, model::Model, Segmenter};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let model = Model::load(std::path::Path::new(causeseg::model::DEFAULT_MODEL_DIR))?;
+/// let cache = causeseg::model::backbone::cache_dir(None);
+/// let mut segmenter = Segmenter::new(model, Backend::Tract, &cache)?;
+/// let frame = image::RgbImage::new(640, 480); // e.g. a camera frame
+/// let result = segmenter.segment(&frame, "frame", None)?;
+/// assert_eq!(result.labels.dimensions(), (640, 480));
+/// println!("backbone took {:.1} ms", result.times.backbone_ms);
+/// # Ok(()) }
+/// ```
+pub struct Segmenter {
+    model: Model,
+    extractor: FeatureExtractor,
+}
+
+impl Segmenter {
+    /// Loads the backbone named by `model` (fetching it into `cache` if it is
+    /// the default one and missing) on `backend`.
+    pub fn new(model: Model, backend: Backend, cache: &Path) -> Result<Self, SegmentError> {
+        let extractor = FeatureExtractor::new(&model.manifest.backbone, &model.manifest.input, backend, cache)?;
+        Ok(Segmenter { model, extractor })
+    }
+
+    /// The loaded model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The backbone half, e.g. to change the resize policy.
+    pub fn extractor_mut(&mut self) -> &mut FeatureExtractor {
+        &mut self.extractor
+    }
+
+    /// Segments `image`; the label map has `out_size` (default: the image's
+    /// own size). `what` names the image in errors.
+    pub fn segment(&mut self, image: &RgbImage, what: &str, out_size: Option<(u32, u32)>) -> Result<Segmentation, SegmentError> {
+        let (features, placement, mut times) = self.extractor.features(image, what)?;
+        let start = Instant::now();
+        let scores = concept_scores(features.view(), &self.model.centroids);
+        let (w, h) = out_size.unwrap_or(image.dimensions());
+        let labels = upsample_argmax(&scores, &placement, self.model.manifest.backbone.patch_size, w, h);
+        times.postprocess_ms = ms_since(start);
+        Ok(Segmentation { labels, times })
+    }
+}

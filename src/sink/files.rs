@@ -1,0 +1,88 @@
+//! Writes label maps and their visualisations as PNG files:
+//! `<stem>_labels.png` (mono8 concept ids), `<stem>_mask.png` (colours),
+//! `<stem>_overlay.png` (mask blended over the input), and once per output
+//! directory `legend.png`.
+
+use std::path::{Path, PathBuf};
+
+use image::{GrayImage, RgbImage};
+
+use crate::pipeline::postprocess::{colorize, legend, overlay};
+
+/// One kind of output image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Visualization {
+    /// Concept ids as a mono8 PNG.
+    Labels,
+    /// Concept colours.
+    Mask,
+    /// Concept colours blended over the input image.
+    Overlay,
+}
+
+/// Errors while writing output images.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: cannot write: {reason}")]
+pub struct SinkError {
+    /// The file that could not be written.
+    pub path: PathBuf,
+    /// Why.
+    pub reason: String,
+}
+
+/// Writes the selected visualisations of each frame into a directory.
+pub struct ImageSink {
+    dir: PathBuf,
+    kinds: Vec<Visualization>,
+    alpha: f32,
+    colors: Vec<[u8; 3]>,
+}
+
+impl ImageSink {
+    /// Creates `dir` and writes the legend of the model's concepts into it.
+    pub fn new(dir: &Path, kinds: &[Visualization], alpha: f32, names: &[String], colors: &[[u8; 3]]) -> Result<Self, SinkError> {
+        std::fs::create_dir_all(dir).map_err(|e| SinkError { path: dir.into(), reason: e.to_string() })?;
+        let sink = ImageSink { dir: dir.into(), kinds: kinds.to_vec(), alpha, colors: colors.to_vec() };
+        sink.save_rgb(&legend(names, colors), "legend.png")?;
+        Ok(sink)
+    }
+
+    /// Writes the visualisations of one frame named `stem`.
+    pub fn write(&self, stem: &str, image: &RgbImage, labels: &GrayImage) -> Result<(), SinkError> {
+        let mask = || colorize(labels, &self.colors);
+        for kind in &self.kinds {
+            match kind {
+                Visualization::Labels => {
+                    let path = self.dir.join(format!("{stem}_labels.png"));
+                    labels.save(&path).map_err(|e| SinkError { path, reason: e.to_string() })?;
+                }
+                Visualization::Mask => self.save_rgb(&mask(), &format!("{stem}_mask.png"))?,
+                Visualization::Overlay => self.save_rgb(&overlay(image, &mask(), self.alpha), &format!("{stem}_overlay.png"))?,
+            }
+        }
+        Ok(())
+    }
+
+    fn save_rgb(&self, image: &RgbImage, name: &str) -> Result<(), SinkError> {
+        let path = self.dir.join(name);
+        image.save(&path).map_err(|e| SinkError { path, reason: e.to_string() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_the_selected_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = ImageSink::new(dir.path(), &[Visualization::Labels, Visualization::Overlay], 0.5, &["a".into(), "b".into()], &[[255, 0, 0], [0, 255, 0]]).unwrap();
+        let labels = GrayImage::from_raw(2, 1, vec![0, 1]).unwrap();
+        sink.write("f", &RgbImage::new(2, 1), &labels).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, ["f_labels.png", "f_overlay.png", "legend.png"]);
+        let back = image::open(dir.path().join("f_labels.png")).unwrap().into_luma8();
+        assert_eq!(back.as_raw(), &vec![0, 1]);
+    }
+}
