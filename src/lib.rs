@@ -13,6 +13,7 @@ pub mod fit;
 pub mod model;
 pub mod onnx;
 pub mod pipeline;
+pub mod progress;
 pub mod sink;
 
 pub use pipeline::{Segmentation, Segmenter};

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use causeseg::eval::{confusion_for, pair_by_stem, plot::confusion_image, Confusion, EvalReport};
-use causeseg::fit::progress_bar;
+use causeseg::progress::Progress;
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
@@ -34,12 +34,12 @@ pub fn run(args: EvalArgs, cache: &Path) -> anyhow::Result<()> {
     let pairs = pair_by_stem(&args.images, &args.labels)?;
     let mut segmenter = args.model.load(cache)?;
     let mut total = Confusion::new(segmenter.model().num_concepts(), args.classes);
-    let bar = progress_bar(pairs.len(), "eval");
+    let mut bar = Progress::new(pairs.len(), "eval");
     for (image, label) in &pairs {
         total.merge(&confusion_for(&mut segmenter, image, label, args.classes, args.ignore)?);
-        bar.inc(1);
+        bar.inc();
     }
-    bar.finish_and_clear();
+    bar.finish();
     let metrics = total.metrics();
     let input = &segmenter.model().manifest.input;
     let report = EvalReport {

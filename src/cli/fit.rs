@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use causeseg::fit::{collect_images, fit_kmeans, kmeans::KMeansOptions, kmeans_manifest};
+use causeseg::fit::{collect_images, feature_cache::FeatureCache, fit_kmeans, kmeans::KMeansOptions, kmeans_manifest};
 use causeseg::model::backbone::{self, DINOV2_VITS14};
 use causeseg::model::manifest::{InputSpec, IMAGENET_MEAN, IMAGENET_STD};
 use causeseg::pipeline::preprocess::ResizePolicy;
@@ -70,7 +70,8 @@ pub fn run(args: FitArgs, cache: &Path) -> anyhow::Result<()> {
         );
         kmeans_manifest(&name, reference.clone(), input.clone(), args.clusters, description)
     };
-    fit_kmeans(&mut extractor, &images, manifest_for, &options, &args.out)?;
+    let feature_cache = FeatureCache::new(cache, &reference, &input);
+    fit_kmeans(&mut extractor, &images, manifest_for, &options, &feature_cache, &args.out)?;
     println!("{}", args.out.display());
     Ok(())
 }

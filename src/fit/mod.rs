@@ -3,11 +3,11 @@
 //! `--method kmeans`: spherical k-means over the backbone's patch features;
 //! the centroids become the model's concepts.
 
+pub mod feature_cache;
 pub mod kmeans;
 
 use std::path::{Path, PathBuf};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array2, Axis};
 
 use crate::eval::list_images;
@@ -15,6 +15,8 @@ use crate::model::manifest::{BackboneRef, ConceptSpec, InputSpec, Manifest, FORM
 use crate::model::{default_color, l2_normalize_rows, Model, ModelError};
 use crate::pipeline::preprocess::decode_file;
 use crate::pipeline::{FeatureExtractor, SegmentError};
+use crate::progress::Progress;
+use feature_cache::FeatureCache;
 
 /// Errors of a fit run.
 #[derive(Debug, thiserror::Error)]
@@ -49,31 +51,20 @@ pub fn collect_images(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, FitError> {
     Ok(images)
 }
 
-/// A progress bar with ETA on stderr (hidden when stderr is not a terminal).
-pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} ({per_sec}, ETA {eta}) {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(what.to_string());
-    bar
-}
-
-/// Unit-norm patch features of every readable image, one token per row.
-/// Unreadable images are skipped with a warning; returns the rows and the
-/// number of images used.
-pub fn extract_tokens(extractor: &mut FeatureExtractor, images: &[PathBuf]) -> Result<(Array2<f32>, usize), FitError> {
-    let bar = progress_bar(images.len(), "features");
+/// Unit-norm patch features of every readable image, one token per row,
+/// read from `cache` when present there. Unreadable images are skipped with
+/// a warning; returns the rows and the number of images used.
+pub fn extract_tokens(extractor: &mut FeatureExtractor, images: &[PathBuf], cache: &FeatureCache) -> Result<(Array2<f32>, usize), FitError> {
+    let mut bar = Progress::new(images.len(), "features");
     let mut grids = Vec::new();
     let mut skipped = 0;
     for path in images {
-        let result = decode_file(path)
-            .map_err(SegmentError::from)
-            .and_then(|image| extractor.features(&image, &path.display().to_string()));
+        let result = cache.get_or_compute(path, || {
+            let image = decode_file(path)?;
+            Ok::<_, SegmentError>(extractor.features(&image, &path.display().to_string())?.0)
+        });
         match result {
-            Ok((features, _, _)) => {
+            Ok(features) => {
                 let (rows, cols, dim) = features.dim();
                 grids.push(features.into_shape_with_order((rows * cols, dim)).expect("contiguous"));
             }
@@ -83,9 +74,9 @@ pub fn extract_tokens(extractor: &mut FeatureExtractor, images: &[PathBuf]) -> R
             }
             Err(e) => return Err(e.into()),
         }
-        bar.inc(1);
+        bar.inc();
     }
-    bar.finish_and_clear();
+    bar.finish();
     if skipped > 0 {
         log::warn!("{skipped} of {} images could not be read and were skipped", images.len());
     }
@@ -120,9 +111,10 @@ pub fn fit_kmeans(
     images: &[PathBuf],
     manifest_for: impl FnOnce(usize) -> Manifest,
     options: &kmeans::KMeansOptions,
+    cache: &FeatureCache,
     out: &Path,
 ) -> Result<kmeans::KMeans, FitError> {
-    let (tokens, used) = extract_tokens(extractor, images)?;
+    let (tokens, used) = extract_tokens(extractor, images, cache)?;
     if tokens.nrows() < options.k {
         return Err(FitError::TooFewTokens { tokens: tokens.nrows(), images: used, clusters: options.k });
     }

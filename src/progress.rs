@@ -1,0 +1,51 @@
+//! Progress reporting for long jobs: an indicatif bar with ETA on a
+//! terminal, and a log line every 10 % otherwise (CI logs, pipes).
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Progress of `len` items of work.
+pub struct Progress {
+    bar: ProgressBar,
+    what: String,
+    len: usize,
+    done: usize,
+    log_lines: bool,
+}
+
+impl Progress {
+    /// Starts reporting `len` items of `what` (e.g. "features", "eval").
+    pub fn new(len: usize, what: &str) -> Self {
+        let bar = ProgressBar::new(len as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} ({per_sec}, ETA {eta})")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(what.to_string());
+        let log_lines = !std::io::stderr().is_terminal();
+        Progress { bar, what: what.into(), len, done: 0, log_lines }
+    }
+
+    /// Marks one more item done.
+    pub fn inc(&mut self) {
+        self.done += 1;
+        self.bar.inc(1);
+        let step = (self.len / 10).max(1);
+        if self.log_lines && (self.done % step == 0 || self.done == self.len) {
+            let eta = self.bar.eta().as_secs();
+            log::info!("{}: {}/{} (ETA {eta} s)", self.what, self.done, self.len);
+        }
+    }
+
+    /// Prints a message without tearing the bar.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.bar.suspend(f)
+    }
+
+    /// Removes the bar.
+    pub fn finish(self) {
+        self.bar.finish_and_clear();
+    }
+}

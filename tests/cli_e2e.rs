@@ -1,0 +1,106 @@
+//! End-to-end CLI runs: segment, fit and eval as a user types them.
+
+mod common;
+
+use std::path::Path;
+
+use common::causeseg;
+
+fn ok(output: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "command failed:\n{stderr}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn segment_writes_labels_mask_overlay_and_legend() {
+    if common::backbone().is_none() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let image = common::sample_images().join("chelsea.jpg");
+    ok(&causeseg(&["segment", image.to_str().unwrap(), "--out", out.path().to_str().unwrap(), "--alpha", "0.4"]));
+    let (w, h) = image::image_dimensions(&image).unwrap();
+    let labels = image::open(out.path().join("chelsea_labels.png")).unwrap();
+    assert_eq!(labels.color(), image::ColorType::L8, "labels are mono8");
+    assert_eq!((labels.width(), labels.height()), (w, h), "labels at the image's own resolution");
+    let concepts = causeseg::model::Model::load(Path::new(causeseg::model::DEFAULT_MODEL_DIR)).unwrap().num_concepts();
+    let labels = labels.into_luma8();
+    assert!(labels.pixels().all(|p| (p.0[0] as usize) < concepts));
+    let distinct: std::collections::HashSet<u8> = labels.pixels().map(|p| p.0[0]).collect();
+    assert!(distinct.len() >= 2, "a real photo splits into several concepts");
+    for name in ["chelsea_mask.png", "chelsea_overlay.png", "legend.png"] {
+        assert!(image::open(out.path().join(name)).is_ok(), "{name}");
+    }
+}
+
+#[test]
+fn fit_kmeans_writes_a_model_that_segment_can_use() {
+    if common::backbone().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("mini");
+    let images = common::sample_images();
+    let fit = |seed: &str, out: &Path| {
+        ok(&causeseg(&["fit", "--method", "kmeans", "--clusters", "3", "--images", images.to_str().unwrap(), "--out", out.to_str().unwrap(), "--size", "224x168", "--seed", seed]))
+    };
+    fit("5", &model);
+    let manifest = std::fs::read_to_string(model.join("model.toml")).unwrap();
+    assert!(manifest.contains("width = 224") && manifest.contains("height = 168"), "{manifest}");
+    let centroids: ndarray::Array2<f32> = ndarray_npy::read_npy(model.join("centroids.npy")).unwrap();
+    assert_eq!(centroids.dim(), (3, 384));
+
+    // Same seed, same model.
+    let again = dir.path().join("again");
+    fit("5", &again);
+    assert_eq!(std::fs::read(model.join("centroids.npy")).unwrap(), std::fs::read(again.join("centroids.npy")).unwrap());
+
+    let out = dir.path().join("out");
+    let image = images.join("coffee.jpg");
+    ok(&causeseg(&["segment", image.to_str().unwrap(), "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--visualize", "labels"]));
+    let labels = image::open(out.join("coffee_labels.png")).unwrap().into_luma8();
+    assert!(labels.pixels().all(|p| p.0[0] < 3));
+    assert!(!out.join("coffee_mask.png").exists(), "only the asked-for visualisation is written");
+}
+
+/// Links the first `n` CamVid val pairs into a temporary split.
+fn camvid_subset(n: usize) -> Option<tempfile::TempDir> {
+    let val = common::require(common::shared_dir().join("data/camvid/val"), "CamVid val")?;
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["images", "labels"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+    }
+    let mut images = causeseg::eval::list_images(&val.join("images")).unwrap();
+    images.truncate(n);
+    for image in images {
+        let stem = image.file_stem().unwrap().to_str().unwrap().to_string();
+        std::os::unix::fs::symlink(&image, dir.path().join(format!("images/{stem}.jpg"))).unwrap();
+        std::os::unix::fs::symlink(val.join(format!("labels/{stem}.png")), dir.path().join(format!("labels/{stem}.png"))).unwrap();
+    }
+    Some(dir)
+}
+
+#[test]
+fn eval_json_reports_hungarian_metrics() {
+    if common::backbone().is_none() {
+        return;
+    }
+    let Some(split) = camvid_subset(4) else { return };
+    let plot = split.path().join("confusion.png");
+    let stdout = ok(&causeseg(&[
+        "eval", "--images", split.path().join("images").to_str().unwrap(), "--labels", split.path().join("labels").to_str().unwrap(),
+        "--classes", "11", "--ignore", "11", "--json", "--plot", plot.to_str().unwrap(),
+    ]));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("exactly one JSON object on stdout");
+    assert_eq!(report["images"], 4);
+    let miou = report["miou"].as_f64().unwrap();
+    let accuracy = report["pixel_accuracy"].as_f64().unwrap();
+    assert!(miou > 5.0 && miou <= 100.0 && accuracy > 20.0 && accuracy <= 100.0, "{report}");
+    assert_eq!(report["per_class_iou"].as_array().unwrap().len(), 11);
+    let assignment: Vec<i64> = report["assignment"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    let mut sorted = assignment.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..11).collect::<Vec<_>>(), "one-to-one matching");
+    assert!(image::open(&plot).is_ok());
+}

