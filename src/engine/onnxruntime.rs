@@ -10,6 +10,7 @@
 use std::sync::OnceLock;
 
 use ndarray::{Array3, Array4};
+use ort::environment::Environment;
 use ort::ep;
 use ort::session::{builder::GraphOptimizationLevel, Session};
 use ort::value::Tensor;
@@ -26,25 +27,25 @@ pub struct OrtEngine {
     backend: Backend,
 }
 
-/// Loads libonnxruntime once per process.
-fn init_runtime() -> Result<(), String> {
-    static INIT: OnceLock<Result<(), String>> = OnceLock::new();
-    INIT.get_or_init(|| {
-        let path = std::env::var(DYLIB_ENV).map_err(|_| {
-            format!("set {DYLIB_ENV} to libonnxruntime.so (e.g. from `pip install onnxruntime`: site-packages/onnxruntime/capi/libonnxruntime.so.*)")
-        })?;
-        let builder = ort::init_from(&path).map_err(|e| format!("{DYLIB_ENV}={path}: {e}"))?;
-        builder.with_name("causeseg").commit();
-        Ok(())
-    })
-    .clone()
+/// Loads libonnxruntime and creates the ONNX Runtime environment, once per process.
+fn environment() -> Result<Environment, String> {
+    static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
+    ENVIRONMENT
+        .get_or_init(|| {
+            let path = std::env::var(DYLIB_ENV).map_err(|_| {
+                format!("set {DYLIB_ENV} to libonnxruntime.so (e.g. from `pip install onnxruntime`: site-packages/onnxruntime/capi/libonnxruntime.so.*)")
+            })?;
+            let builder = ort::init_from(&path).map_err(|e| format!("{DYLIB_ENV}={path}: {e}"))?;
+            builder.with_name("causeseg").build().map_err(|e| format!("{DYLIB_ENV}={path}: {e}"))
+        })
+        .clone()
 }
 
 impl OrtEngine {
     /// Creates a session for `spec` with the execution provider of `backend`.
     pub fn load(spec: &EngineSpec, backend: Backend) -> Result<Self, EngineError> {
         let load_err = |reason: String| EngineError::Load { path: spec.path.display().to_string(), reason };
-        init_runtime().map_err(load_err)?;
+        let environment = environment().map_err(load_err)?;
         let providers = match backend {
             Backend::Tract | Backend::Ort => vec![],
             Backend::Cuda => vec![ep::CUDA::default().build().error_on_failure()],
@@ -64,7 +65,7 @@ impl OrtEngine {
             }
         };
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let session = Session::builder()
+        let session = Session::builder(&environment)
             .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
             .and_then(|b| b.with_intra_threads(threads).map_err(Into::into))
             .and_then(|b| b.with_execution_providers(providers).map_err(Into::into))
