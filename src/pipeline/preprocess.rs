@@ -68,6 +68,12 @@ pub fn decode_file(path: &Path) -> Result<RgbImage, PreprocessError> {
 pub fn decode_bytes(bytes: &[u8], what: &str) -> Result<RgbImage, PreprocessError> {
     let decode_err = |reason: String| PreprocessError::Decode { path: what.into(), reason };
     let format = image::guess_format(bytes).map_err(|_| decode_err("not a JPEG or PNG file".into()))?;
+    // The JPEG decoder fills a truncated scan with grey instead of failing;
+    // a complete JPEG ends with the end-of-image marker (maybe zero-padded).
+    let unpadded = bytes.iter().rposition(|&b| b != 0).map_or(&bytes[..0], |end| &bytes[..=end]);
+    if format == image::ImageFormat::Jpeg && !unpadded.ends_with(&[0xFF, 0xD9]) {
+        return Err(decode_err("truncated JPEG (no end-of-image marker)".into()));
+    }
     let image = image::load_from_memory_with_format(bytes, format).map_err(|e| decode_err(e.to_string()))?;
     Ok(image.into_rgb8())
 }
@@ -194,6 +200,15 @@ mod tests {
     fn smaller_than_a_patch_is_an_error() {
         let err = prep(ResizePolicy::Stretch).run(&RgbImage::new(10, 30), "tiny.png").unwrap_err().to_string();
         assert_eq!(err, "tiny.png: image is 10x30, smaller than one 14x14 patch");
+    }
+
+    #[test]
+    fn truncated_jpeg_is_an_error() {
+        let mut jpeg = Vec::new();
+        RgbImage::new(32, 32).write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+        assert!(decode_bytes(&jpeg, "whole.jpg").is_ok());
+        let err = decode_bytes(&jpeg[..jpeg.len() - 10], "cut.jpg").unwrap_err().to_string();
+        assert_eq!(err, "cut.jpg: cannot decode image: truncated JPEG (no end-of-image marker)");
     }
 
     #[test]
