@@ -104,3 +104,28 @@ fn eval_json_reports_hungarian_metrics() {
     assert_eq!(sorted, (0..11).collect::<Vec<_>>(), "one-to-one matching");
     assert!(image::open(&plot).is_ok());
 }
+
+#[test]
+fn import_a_vit_export_and_fit_on_it() {
+    // The fetched backbone still contains the final LayerNorm tensor, so it
+    // stands in for a user's own DINOv2 export here.
+    let Some(backbone) = common::backbone() else { return };
+    let cache = tempfile::tempdir().unwrap();
+    let stdout = ok(&causeseg(&[
+        "--cache-dir", cache.path().to_str().unwrap(), "models", "import", "--onnx", backbone.to_str().unwrap(),
+        "--output", "/backbone/layernorm/Add_1_output_0", "--name", "my_vit.onnx",
+    ]));
+    let table: toml::Table = toml::from_str(&stdout).expect("prints a [backbone] table");
+    let reference = &table["backbone"];
+    assert_eq!(reference["patch_size"].as_integer(), Some(14));
+    assert_eq!(reference["feature_dim"].as_integer(), Some(384));
+    assert_eq!(reference["file"].as_str(), Some("my_vit.onnx"));
+
+    let model = cache.path().join("model");
+    let images = common::sample_images();
+    ok(&causeseg(&[
+        "--cache-dir", cache.path().to_str().unwrap(), "fit", "--clusters", "2", "--images", images.to_str().unwrap(),
+        "--out", model.to_str().unwrap(), "--size", "112x112", "--backbone", "my_vit.onnx",
+    ]));
+    assert!(std::fs::read_to_string(model.join("model.toml")).unwrap().contains("my_vit.onnx"));
+}
