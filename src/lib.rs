@@ -15,5 +15,6 @@ pub mod onnx;
 pub mod pipeline;
 pub mod progress;
 pub mod sink;
+pub mod source;
 
 pub use pipeline::{Segmentation, Segmenter};

@@ -4,6 +4,7 @@ mod bench;
 mod eval;
 mod fit;
 mod models;
+mod run;
 mod segment;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +44,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Measure per-stage latency and peak memory.
     Bench(bench::BenchArgs),
+    /// Stream frames from a camera, GStreamer pipeline or image files
+    /// through the model, in real time.
+    Run(run::RunArgs),
 }
 
 /// Options shared by every command that runs a model.
@@ -87,6 +91,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Segment(args) => segment::run(args, &cache),
         Command::Eval(args) => eval::run(args, &cache),
         Command::Bench(args) => bench::run(args, &cache),
+        Command::Run(args) => run::run(args, &cache),
     }
 }
 

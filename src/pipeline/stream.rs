@@ -1,0 +1,642 @@
+//! The real-time frame loop behind `causeseg run`: capture, inference and
+//! output on three threads.
+//!
+//! ```text
+//! capture ──Latest (1 frame)──> inference ──bounded channel (2)──> output (sinks, log)
+//! ```
+//!
+//! - Live sources (cameras, network streams) are read as fast as they
+//!   deliver; a frame the model has not started on is replaced by a newer one
+//!   (latest-frame-wins) and counted as dropped. Other sources (files, video
+//!   files) are read when the model asks for the next frame, so none is
+//!   dropped and none waits in a queue.
+//! - The model is loaded once by the caller; [`Stream::run`] first runs one
+//!   warm-up inference, timed separately.
+//! - Setting the stop flag (Ctrl-C) ends capture at once; the frame being
+//!   segmented and those already segmented still reach the sinks, which are
+//!   then flushed. A frame still waiting for the model is dropped.
+//! - A periodic log line gives FPS and per-stage latency; [`StreamReport`]
+//!   sums the run up.
+//!
+//! ```no_run
+//! use std::sync::{atomic::AtomicBool, Arc};
+//! use causeseg::pipeline::stream::{Stream, StreamConfig};
+//! use causeseg::sink::StatsSink;
+//! use causeseg::{engine::Backend, model::Model, source, Segmenter};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let model = Model::load(std::path::Path::new(causeseg::model::DEFAULT_MODEL_DIR))?;
+//! let concepts = model.num_concepts();
+//! let segmenter = Segmenter::new(model, Backend::Tract, &causeseg::model::backbone::cache_dir(None))?;
+//! let source = source::open(&source::SourceUri::parse("examples/images")?, &Default::default())?;
+//! let config = StreamConfig { max_frames: Some(10), ..Default::default() };
+//! let mut stream = Stream::new(segmenter, config);
+//! stream.add_sink(Box::new(StatsSink::create("stats.jsonl".as_ref(), concepts)?));
+//! let report = stream.run(source, Arc::new(AtomicBool::new(false)))?;
+//! println!("{report}");
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use image::{GrayImage, Rgb, RgbImage};
+
+use super::latest::Latest;
+use super::segmenter::{SegmentError, Segmentation, Segmenter};
+use super::timing::{ms_since, peak_rss_bytes, rss_bytes, summarize, timed, StageTimes, Summary};
+use crate::sink::{FrameSink, SinkError};
+use crate::source::{Backoff, Capture, CaptureCounts, Frame, FrameSource, SourceError};
+
+/// Latency percentiles cover at most this many recent frames (bounded memory).
+const WINDOW: usize = 10_000;
+/// How long a finished stream waits for a capture thread blocked in its source.
+const CAPTURE_JOIN: Duration = Duration::from_millis(250);
+
+/// Limits and logging of a stream.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    /// Stop after this many processed frames.
+    pub max_frames: Option<u64>,
+    /// Stop after this long (warm-up not included).
+    pub duration: Option<Duration>,
+    /// Interval of the FPS / latency log line.
+    pub log_every: Duration,
+    /// Reopening schedule of a failed live source.
+    pub backoff: Backoff,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig { max_frames: None, duration: None, log_every: Duration::from_secs(5), backoff: Backoff::default() }
+    }
+}
+
+/// What the inference thread runs: [`Segmenter`], or a stand-in in tests.
+pub trait FrameSegmenter: Send {
+    /// The model input (width, height), for the warm-up frame.
+    fn input_size(&self) -> (u32, u32);
+    /// Segments one RGB frame; `what` names it in errors.
+    fn segment_frame(&mut self, image: &RgbImage, what: &str) -> Result<Segmentation, SegmentError>;
+}
+
+impl FrameSegmenter for Segmenter {
+    fn input_size(&self) -> (u32, u32) {
+        let input = &self.model().manifest.input;
+        (input.width, input.height)
+    }
+
+    fn segment_frame(&mut self, image: &RgbImage, what: &str) -> Result<Segmentation, SegmentError> {
+        self.segment(image, what, None)
+    }
+}
+
+/// A segmented frame on its way to the sinks.
+#[derive(Debug, Clone)]
+pub struct ProcessedFrame {
+    /// The captured frame.
+    pub frame: Frame,
+    /// One concept id per pixel, at the frame's size.
+    pub labels: GrayImage,
+    /// Decode, preprocess, backbone and postprocess times.
+    pub times: StageTimes,
+    /// Time the decoded frame waited for the model, in milliseconds.
+    pub queue_ms: f64,
+}
+
+/// Why a stream stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// A (non-live) source failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The model failed on a frame (other than rejecting the frame itself).
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    /// A sink could not write.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// A pipeline thread could not start.
+    #[error("cannot start the {0} thread: {1}")]
+    Spawn(&'static str, std::io::Error),
+    /// A pipeline thread panicked.
+    #[error("the {0} thread panicked")]
+    Panicked(&'static str),
+}
+
+/// Counters shared by the three threads.
+#[derive(Default)]
+struct Counters {
+    captured: AtomicU64,
+    dropped: AtomicU64,
+    corrupt: AtomicU64,
+    rejected: AtomicU64,
+    reopens: AtomicU64,
+    processed: AtomicU64,
+}
+
+impl Counters {
+    fn record_capture(&self, counts: CaptureCounts) {
+        self.captured.store(counts.frames, Ordering::Relaxed);
+        self.corrupt.store(counts.corrupt, Ordering::Relaxed);
+        self.reopens.store(counts.reopens, Ordering::Relaxed);
+    }
+
+    fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Frames and timings of a finished stream.
+#[derive(Debug, Clone)]
+pub struct StreamReport {
+    /// The source, as it describes itself.
+    pub source: String,
+    /// The warm-up inference, in milliseconds.
+    pub warmup_ms: f64,
+    /// Frames the source delivered.
+    pub captured: u64,
+    /// Frames that went through every stage.
+    pub processed: u64,
+    /// Frames replaced by newer ones before the model got to them, or left
+    /// waiting at stop.
+    pub dropped: u64,
+    /// Corrupt frames skipped (undecodable, or rejected by the model).
+    pub corrupt: u64,
+    /// Times a failed source was reopened.
+    pub reopens: u64,
+    /// Time from the end of the warm-up to the end of the stream.
+    pub elapsed: Duration,
+    /// Sustained throughput: frames per second between the first and the
+    /// last frame out of the pipeline.
+    pub fps: f64,
+    /// Per-stage latency (decode, queue, preprocess, backbone, postprocess,
+    /// sinks) and end to end (capture to sinks done), in milliseconds.
+    pub latency: Vec<(&'static str, Summary)>,
+    /// Resident memory once the first frame is out (everything allocated).
+    pub rss_after_warmup: Option<u64>,
+    /// Resident memory at the end.
+    pub rss_end: Option<u64>,
+    /// Peak resident memory of the process.
+    pub peak_rss: Option<u64>,
+}
+
+impl fmt::Display for StreamReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "source: {}", self.source)?;
+        writeln!(
+            f,
+            "frames: {} processed, {} captured, {} dropped, {} corrupt, {} reopen(s) in {:.1} s (after a {:.0} ms warm-up)",
+            self.processed,
+            self.captured,
+            self.dropped,
+            self.corrupt,
+            self.reopens,
+            self.elapsed.as_secs_f64(),
+            self.warmup_ms
+        )?;
+        writeln!(f, "sustained: {:.2} fps", self.fps)?;
+        if !self.latency.is_empty() {
+            let count = self.latency[0].1.count;
+            writeln!(f, "latency over the last {count} frames (ms):   p50      p99")?;
+        }
+        for (stage, s) in &self.latency {
+            writeln!(f, "  {stage:<34} {:>8.2} {:>8.2}", s.p50, s.p99)?;
+        }
+        let mib = |b: Option<u64>| b.map_or("unknown".into(), |b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)));
+        let growth = match (self.rss_after_warmup, self.rss_end) {
+            (Some(a), Some(b)) if a > 0 => format!(" ({:+.1} %)", (b as f64 - a as f64) / a as f64 * 100.0),
+            _ => String::new(),
+        };
+        write!(
+            f,
+            "memory: RSS {} after warm-up (first frame out), {} at the end{growth}, peak {}",
+            mib(self.rss_after_warmup),
+            mib(self.rss_end),
+            mib(self.peak_rss)
+        )
+    }
+}
+
+/// A segmenter, its sinks and limits: call [`Stream::run`] with a source.
+pub struct Stream<S> {
+    segmenter: S,
+    sinks: Vec<Box<dyn FrameSink>>,
+    config: StreamConfig,
+}
+
+impl<S: FrameSegmenter + 'static> Stream<S> {
+    /// A stream without sinks yet.
+    pub fn new(segmenter: S, config: StreamConfig) -> Self {
+        Stream { segmenter, sinks: Vec::new(), config }
+    }
+
+    /// Adds a sink; sinks see each frame in the order they were added.
+    pub fn add_sink(&mut self, sink: Box<dyn FrameSink>) {
+        self.sinks.push(sink);
+    }
+
+    /// Warms the model up, then streams `source` until it ends, a limit is
+    /// reached or `stop` is set (the stream also sets it when it ends).
+    pub fn run(self, source: Box<dyn FrameSource>, stop: Arc<AtomicBool>) -> Result<StreamReport, StreamError> {
+        let Stream { mut segmenter, sinks, config } = self;
+        let (width, height) = segmenter.input_size();
+        let warmup_frame = RgbImage::from_pixel(width, height, Rgb([124, 116, 104]));
+        let (warmup, warmup_ms) = timed(|| segmenter.segment_frame(&warmup_frame, "warm-up frame"));
+        warmup?;
+        log::info!("warm-up inference: {warmup_ms:.0} ms");
+
+        let description = source.describe();
+        log::info!("streaming from {description}");
+        let start = Instant::now();
+        let slot = Arc::new(Latest::<Frame>::default());
+        let counters = Arc::new(Counters::default());
+        let capture = Capture::new(source, stop.clone()).with_backoff(config.backoff.clone());
+        let capture_thread = spawn("capture", {
+            let (slot, counters, stop) = (slot.clone(), counters.clone(), stop.clone());
+            move || capture_loop(capture, &slot, config.max_frames, &stop, &counters)
+        })?;
+        let (sender, receiver) = sync_channel(2);
+        let inference_thread = spawn("inference", {
+            let (slot, counters, stop) = (slot.clone(), counters.clone(), stop.clone());
+            move || inference_loop(segmenter, &slot, sender, config.max_frames, &stop, &counters)
+        })?;
+        let output_thread = spawn("output", {
+            let (counters, stop) = (counters.clone(), stop.clone());
+            move || output_loop(sinks, receiver, config.log_every, &stop, &counters)
+        })?;
+
+        let deadline = config.duration.map(|d| start + d);
+        while !output_thread.is_finished() {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                stop.store(true, Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let output = output_thread.join().map_err(|_| StreamError::Panicked("output"))?;
+        let inference = inference_thread.join().map_err(|_| StreamError::Panicked("inference"))?;
+        stop.store(true, Ordering::Relaxed);
+        let capture_end = Instant::now() + CAPTURE_JOIN;
+        while !capture_thread.is_finished() && Instant::now() < capture_end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let captured = if capture_thread.is_finished() {
+            capture_thread.join().map_err(|_| StreamError::Panicked("capture"))?
+        } else {
+            log::debug!("the capture thread is blocked in {description}; leaving it");
+            Ok(())
+        };
+        let output = output?;
+        inference?;
+        captured?;
+        if slot.take_left().is_some() {
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(StreamReport {
+            source: description,
+            warmup_ms,
+            captured: Counters::get(&counters.captured),
+            processed: Counters::get(&counters.processed),
+            dropped: Counters::get(&counters.dropped),
+            corrupt: Counters::get(&counters.corrupt) + Counters::get(&counters.rejected),
+            reopens: Counters::get(&counters.reopens),
+            elapsed: start.elapsed(),
+            fps: output.fps(),
+            latency: output.summaries(),
+            rss_after_warmup: output.rss_first,
+            rss_end: rss_bytes(),
+            peak_rss: peak_rss_bytes(),
+        })
+    }
+}
+
+fn spawn<T: Send + 'static>(name: &'static str, f: impl FnOnce() -> T + Send + 'static) -> Result<JoinHandle<T>, StreamError> {
+    std::thread::Builder::new().name(name.into()).spawn(f).map_err(|e| StreamError::Spawn(name, e))
+}
+
+/// Capture thread: source → slot. A non-live source is read only when the
+/// inference thread asks (nothing dropped) and stops after `max_frames`.
+fn capture_loop(
+    mut capture: Capture,
+    slot: &Latest<Frame>,
+    max_frames: Option<u64>,
+    stop: &AtomicBool,
+    counters: &Counters,
+) -> Result<(), SourceError> {
+    let result = loop {
+        if !capture.source().is_live()
+            && (!slot.wait_for_taker(stop) || max_frames.is_some_and(|m| capture.counts().frames >= m))
+        {
+            break Ok(());
+        }
+        match capture.next() {
+            Ok(Some(frame)) => {
+                if slot.put(frame).is_some() {
+                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(error) => break Err(error),
+        }
+        counters.record_capture(capture.counts());
+    };
+    counters.record_capture(capture.counts());
+    slot.close();
+    result
+}
+
+/// Inference thread: slot → segmenter → output channel.
+fn inference_loop<S: FrameSegmenter>(
+    mut segmenter: S,
+    slot: &Latest<Frame>,
+    sender: SyncSender<ProcessedFrame>,
+    max_frames: Option<u64>,
+    stop: &AtomicBool,
+    counters: &Counters,
+) -> Result<(), SegmentError> {
+    let mut processed = 0u64;
+    while let Some(frame) = slot.take(stop) {
+        let queue_ms = (ms_since(frame.captured) - frame.data.decode_ms).max(0.0);
+        let what = frame.data.name.clone().unwrap_or_else(|| format!("frame {}", frame.index));
+        match segmenter.segment_frame(&frame.data.image, &what) {
+            Ok(Segmentation { labels, mut times }) => {
+                times.decode_ms = frame.data.decode_ms;
+                if sender.send(ProcessedFrame { frame, labels, times, queue_ms }).is_err() {
+                    break; // the output thread has stopped
+                }
+                processed += 1;
+                if max_frames.is_some_and(|m| processed >= m) {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+            Err(SegmentError::Preprocess(error)) => {
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                log::warn!("{error}; frame skipped");
+            }
+            Err(error) => {
+                stop.store(true, Ordering::Relaxed);
+                return Err(error);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The most recent `WINDOW` samples of one measurement.
+#[derive(Default)]
+struct Window {
+    values: Vec<f64>,
+    next: usize,
+}
+
+impl Window {
+    fn push(&mut self, value: f64) {
+        if self.values.len() < WINDOW {
+            self.values.push(value);
+        } else {
+            self.values[self.next] = value;
+            self.next = (self.next + 1) % WINDOW;
+        }
+    }
+}
+
+/// Measurement names, in pipeline order, then end to end.
+const MEASURES: [&str; 7] = ["decode", "queue", "preprocess", "backbone", "postprocess", "sinks", "end-to-end (capture to sinks done)"];
+
+/// What the output thread measured.
+#[derive(Default)]
+struct OutputStats {
+    windows: [Window; 7],
+    first_out: Option<Instant>,
+    last_out: Option<Instant>,
+    count: u64,
+    rss_first: Option<u64>,
+}
+
+impl OutputStats {
+    fn record(&mut self, values: [f64; 7]) {
+        for (window, value) in self.windows.iter_mut().zip(values) {
+            window.push(value);
+        }
+        let now = Instant::now();
+        self.first_out.get_or_insert(now);
+        self.last_out = Some(now);
+        self.count += 1;
+        if self.count == 1 {
+            self.rss_first = rss_bytes();
+        }
+    }
+
+    fn fps(&self) -> f64 {
+        match (self.first_out, self.last_out) {
+            (Some(first), Some(last)) if self.count > 1 && last > first => (self.count - 1) as f64 / (last - first).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+
+    fn summaries(&self) -> Vec<(&'static str, Summary)> {
+        MEASURES.iter().zip(&self.windows).filter_map(|(name, w)| Some((*name, summarize(&w.values)?))).collect()
+    }
+}
+
+/// The periodic log line: FPS and mean stage latencies since the last one.
+struct Ticker {
+    every: Duration,
+    since: Instant,
+    frames: u64,
+    sums: [f64; 7],
+}
+
+impl Ticker {
+    fn new(every: Duration) -> Self {
+        Ticker { every, since: Instant::now(), frames: 0, sums: [0.0; 7] }
+    }
+
+    fn tick(&mut self, values: [f64; 7], counters: &Counters) {
+        self.frames += 1;
+        for (sum, value) in self.sums.iter_mut().zip(values) {
+            *sum += value;
+        }
+        let elapsed = self.since.elapsed();
+        if elapsed < self.every {
+            return;
+        }
+        let mean = |i: usize| self.sums[i] / self.frames as f64;
+        log::info!(
+            "{:.1} fps | decode {:.1} queue {:.1} preprocess {:.1} backbone {:.1} postprocess {:.1} sinks {:.1} | end-to-end {:.1} ms | {} processed, {} dropped, {} corrupt",
+            self.frames as f64 / elapsed.as_secs_f64(),
+            mean(0),
+            mean(1),
+            mean(2),
+            mean(3),
+            mean(4),
+            mean(5),
+            mean(6),
+            Counters::get(&counters.processed),
+            Counters::get(&counters.dropped),
+            Counters::get(&counters.corrupt) + Counters::get(&counters.rejected),
+        );
+        *self = Ticker::new(self.every);
+    }
+}
+
+/// Output thread: channel → sinks, stats and the periodic log; flushes the
+/// sinks at the end.
+fn output_loop(
+    mut sinks: Vec<Box<dyn FrameSink>>,
+    receiver: Receiver<ProcessedFrame>,
+    log_every: Duration,
+    stop: &AtomicBool,
+    counters: &Counters,
+) -> Result<OutputStats, SinkError> {
+    let mut stats = OutputStats::default();
+    let mut ticker = Ticker::new(log_every);
+    for processed in receiver {
+        let (written, sink_ms) = timed(|| sinks.iter_mut().try_for_each(|sink| sink.write(&processed)));
+        if let Err(error) = written {
+            stop.store(true, Ordering::Relaxed);
+            return Err(error);
+        }
+        counters.processed.fetch_add(1, Ordering::Relaxed);
+        let t = processed.times;
+        let values = [t.decode_ms, processed.queue_ms, t.preprocess_ms, t.backbone_ms, t.postprocess_ms, sink_ms, ms_since(processed.frame.captured)];
+        stats.record(values);
+        ticker.tick(values, counters);
+    }
+    sinks.iter_mut().try_for_each(|sink| sink.flush())?;
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::capture::tests::{FakeCamera, Step};
+    use crate::source::{ImageFiles, SourceFrame};
+    use std::sync::Mutex;
+
+    /// A model stand-in: sleeps, then labels every pixel with concept 1.
+    struct SlowModel(Duration);
+
+    impl FrameSegmenter for SlowModel {
+        fn input_size(&self) -> (u32, u32) {
+            (28, 28)
+        }
+        fn segment_frame(&mut self, image: &RgbImage, _: &str) -> Result<Segmentation, SegmentError> {
+            std::thread::sleep(self.0);
+            let (w, h) = image.dimensions();
+            Ok(Segmentation { labels: GrayImage::from_pixel(w, h, image::Luma([1])), times: StageTimes::default() })
+        }
+    }
+
+    /// A sink that records frame indices and whether it was flushed.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<(Vec<u64>, bool)>>);
+
+    impl FrameSink for Recorder {
+        fn write(&mut self, frame: &ProcessedFrame) -> Result<(), SinkError> {
+            self.0.lock().unwrap().0.push(frame.frame.index);
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), SinkError> {
+            self.0.lock().unwrap().1 = true;
+            Ok(())
+        }
+    }
+
+    /// An endless live source, one frame every 2 ms.
+    struct Ticking;
+
+    impl FrameSource for Ticking {
+        fn describe(&self) -> String {
+            "ticking".into()
+        }
+        fn is_live(&self) -> bool {
+            true
+        }
+        fn next_frame(&mut self) -> Result<Option<SourceFrame>, SourceError> {
+            std::thread::sleep(Duration::from_millis(2));
+            Ok(Some(SourceFrame::now(RgbImage::new(16, 16), None, 0.0)))
+        }
+    }
+
+    fn stream(model_ms: u64, config: StreamConfig) -> (Stream<SlowModel>, Recorder) {
+        let recorder = Recorder::default();
+        let mut stream = Stream::new(SlowModel(Duration::from_millis(model_ms)), config);
+        stream.add_sink(Box::new(recorder.clone()));
+        (stream, recorder)
+    }
+
+    #[test]
+    fn a_slow_model_drops_old_frames_of_a_live_source() {
+        let (stream, recorder) = stream(20, StreamConfig { max_frames: Some(5), ..Default::default() });
+        let report = stream.run(Box::new(Ticking), Arc::default()).unwrap();
+        assert_eq!(report.processed, 5);
+        assert!(report.dropped > 0, "{report}");
+        assert!(report.captured >= report.processed + report.dropped, "{report}");
+        let seen = recorder.0.lock().unwrap().0.clone();
+        assert_eq!(seen.len(), 5);
+        assert!(seen.windows(2).all(|w| w[1] > w[0] + 1), "only the newest frames: {seen:?}");
+    }
+
+    #[test]
+    fn files_are_not_dropped_and_max_frames_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a.png", "b.png"] {
+            RgbImage::new(20, 20).save(dir.path().join(name)).unwrap();
+        }
+        let source = ImageFiles::open(dir.path().to_str().unwrap(), true).unwrap();
+        let (stream, recorder) = stream(5, StreamConfig { max_frames: Some(7), ..Default::default() });
+        let report = stream.run(Box::new(source), Arc::default()).unwrap();
+        assert_eq!((report.processed, report.captured, report.dropped), (7, 7, 0));
+        assert_eq!(recorder.0.lock().unwrap().0, (0..7).collect::<Vec<u64>>());
+        assert_eq!(report.latency.len(), MEASURES.len());
+    }
+
+    #[test]
+    fn a_source_that_fails_mid_stream_comes_back_and_counting_continues() {
+        use Step::*;
+        let camera = FakeCamera::new(vec![Frame(20), Frame(20), Fail, Frame(20), Corrupt, Frame(20)], 2);
+        let config = StreamConfig { backoff: Backoff::new(Duration::from_millis(5), Duration::from_millis(20)), ..Default::default() };
+        // A fast model keeps up with the fake camera's pace (nothing dropped).
+        let (stream, recorder) = stream(0, config);
+        let report = stream.run(Box::new(camera), Arc::default()).unwrap();
+        assert_eq!((report.captured, report.reopens, report.corrupt), (4, 1, 1), "{report}");
+        let seen = recorder.0.lock().unwrap().0.clone();
+        assert_eq!(seen.len() as u64 + report.dropped, 4);
+        assert!(seen.windows(2).all(|w| w[1] > w[0]) && seen.last() == Some(&3), "{seen:?}");
+    }
+
+    #[test]
+    fn stop_drains_flushes_and_returns_promptly() {
+        let (stream, recorder) = stream(50, StreamConfig::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let setter = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                stop.store(true, Ordering::Relaxed);
+                Instant::now()
+            })
+        };
+        let report = stream.run(Box::new(Ticking), stop).unwrap();
+        let stopped_at = setter.join().unwrap();
+        assert!(stopped_at.elapsed() < Duration::from_millis(500), "took {:?} after stop", stopped_at.elapsed());
+        let (seen, flushed) = recorder.0.lock().unwrap().clone();
+        assert!(flushed);
+        assert!(report.processed >= 2);
+        assert_eq!(seen.len() as u64, report.processed);
+    }
+
+    #[test]
+    fn duration_limits_a_run() {
+        let config = StreamConfig { duration: Some(Duration::from_millis(200)), ..Default::default() };
+        let (stream, _) = stream(10, config);
+        let start = Instant::now();
+        let report = stream.run(Box::new(Ticking), Arc::default()).unwrap();
+        assert!(start.elapsed() < Duration::from_secs(1));
+        assert!(report.processed > 0 && report.fps > 0.0, "{report}");
+    }
+}
