@@ -15,6 +15,8 @@ pub mod onnx;
 pub mod pipeline;
 pub mod progress;
 pub mod sink;
+#[cfg(feature = "train")]
+pub mod train;
 pub mod source;
 
 pub use pipeline::{Segmentation, Segmenter};

@@ -101,6 +101,7 @@ pub fn kmeans_manifest(name: &str, backbone: BackboneRef, input: InputSpec, clus
             names: (0..clusters).map(|i| format!("concept {i}")).collect(),
             colors: (0..clusters).map(default_color).collect(),
         },
+        head: None,
     }
 }
 

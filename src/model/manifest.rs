@@ -32,6 +32,10 @@ pub struct Manifest {
     pub input: InputSpec,
     /// How patch features map to concepts.
     pub concepts: ConceptSpec,
+    /// A trained CAUSE head applied to the patch features before the
+    /// concepts (absent: the concepts act on the raw backbone features).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<crate::pipeline::head::HeadSpec>,
 }
 
 /// A backbone ONNX file in the backbone cache, pinned by hash.
@@ -115,6 +119,9 @@ impl Manifest {
         if self.concepts.colors.len() != k {
             return Err(format!("{k} concept names but {} colours", self.concepts.colors.len()));
         }
+        if self.head.as_ref().is_some_and(|h| h.output_dim == 0) {
+            return Err("head output_dim must be positive".into());
+        }
         Ok(())
     }
 }
@@ -137,6 +144,7 @@ mod tests {
                 resize: ResizePolicy::Stretch,
             },
             concepts: ConceptSpec { centroids: "c.npy".into(), names: vec!["a".into()], colors: vec![[1, 2, 3]] },
+            head: None,
         }
     }
 

@@ -42,8 +42,11 @@ pub struct Model {
     pub dir: PathBuf,
     /// Its manifest.
     pub manifest: Manifest,
-    /// Concept centroids, `[K, feature_dim]`, each row L2-normalised.
+    /// Concept centroids, `[K, feature_dim]` (or `[K, head output_dim]`
+    /// with a head), each row L2-normalised.
     pub centroids: Array2<f32>,
+    /// The trained head named by the manifest, if any.
+    pub head: Option<crate::pipeline::head::MlpHead>,
 }
 
 impl Model {
@@ -60,11 +63,34 @@ impl Model {
         let bad = |reason: String| ModelError::BadFile { path: centroids_path.clone(), reason };
         let file = std::fs::File::open(&centroids_path).map_err(|e| bad(e.to_string()))?;
         let centroids = Array2::<f32>::read_npy(file).map_err(|e| bad(format!("not a float32 2-D .npy: {e}")))?;
-        let expected = (manifest.concepts.names.len(), manifest.backbone.feature_dim);
+        let head = match &manifest.head {
+            None => None,
+            Some(spec) => {
+                let head_dir = dir.join(&spec.dir);
+                let head = crate::pipeline::head::MlpHead::load(&head_dir).map_err(|e| match e {
+                    crate::pipeline::head::HeadError::BadFile { path, reason } => ModelError::BadFile { path, reason },
+                })?;
+                if head.input_dim() != manifest.backbone.feature_dim || head.output_dim() != spec.output_dim {
+                    return Err(ModelError::BadFile {
+                        path: head_dir,
+                        reason: format!(
+                            "head maps {} -> {} features, the manifest says {} -> {}",
+                            head.input_dim(),
+                            head.output_dim(),
+                            manifest.backbone.feature_dim,
+                            spec.output_dim
+                        ),
+                    });
+                }
+                Some(head)
+            }
+        };
+        let dim = manifest.head.as_ref().map_or(manifest.backbone.feature_dim, |h| h.output_dim);
+        let expected = (manifest.concepts.names.len(), dim);
         if centroids.dim() != expected {
             return Err(bad(format!("shape {:?}, expected {:?} (concepts x feature_dim)", centroids.dim(), expected)));
         }
-        Ok(Model { dir: dir.into(), manifest, centroids: l2_normalize_rows(centroids) })
+        Ok(Model { dir: dir.into(), manifest, centroids: l2_normalize_rows(centroids), head })
     }
 
     /// Writes the manifest and centroids into `dir` (created if needed).

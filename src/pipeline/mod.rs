@@ -1,6 +1,7 @@
 //! The per-frame pipeline: preprocess → engine → postprocess, with timing,
 //! and the threaded streaming loop around it.
 
+pub mod head;
 pub mod latest;
 pub mod postprocess;
 pub mod preprocess;

@@ -131,6 +131,10 @@ impl Segmenter {
     pub fn segment(&mut self, image: &RgbImage, what: &str, out_size: Option<(u32, u32)>) -> Result<Segmentation, SegmentError> {
         let (features, placement, mut times) = self.extractor.features(image, what)?;
         let start = Instant::now();
+        let features = match &self.model.head {
+            Some(head) => head.apply(features.view()),
+            None => features,
+        };
         let scores = concept_scores(features.view(), &self.model.centroids);
         let (w, h) = out_size.unwrap_or(image.dimensions());
         let labels = upsample_argmax(&scores, &placement, self.model.manifest.backbone.patch_size, w, h);

@@ -1,0 +1,160 @@
+//! Training data: backbone feature grids of every readable image, read from
+//! the feature cache (the backbone only runs for images not cached yet), and
+//! CAUSE's grid sampling of one token per window.
+
+use std::path::PathBuf;
+
+use ndarray::{Array2, Array3, ArrayView2, Axis};
+use rand::Rng;
+
+use super::{Result, TrainError};
+use crate::fit::feature_cache::FeatureCache;
+use crate::pipeline::preprocess::decode_file;
+use crate::pipeline::{FeatureExtractor, SegmentError};
+use crate::progress::Progress;
+
+/// Feature grids `[rows, cols, D]` of a set of images, all of one geometry.
+pub struct FeatureSet {
+    /// One grid per usable image.
+    pub grids: Vec<Array3<f32>>,
+    /// The image each grid came from.
+    pub paths: Vec<PathBuf>,
+    /// Images that could not be read and were skipped.
+    pub skipped: usize,
+}
+
+impl FeatureSet {
+    /// Features of `images` from `cache`, computing missing ones with the
+    /// extractor that `make_extractor` builds on first need. Unreadable
+    /// images are skipped with a warning and counted; none readable is an
+    /// error naming how many were tried. With `mirror`, the features are
+    /// those of the horizontally flipped images (use a separate cache).
+    pub fn load(
+        images: &[PathBuf],
+        cache: &FeatureCache,
+        mirror: bool,
+        mut make_extractor: impl FnMut() -> std::result::Result<FeatureExtractor, SegmentError>,
+        what: &str,
+    ) -> std::result::Result<Self, SegmentError> {
+        let mut extractor: Option<FeatureExtractor> = None;
+        let mut bar = Progress::new(images.len(), what);
+        let mut set = FeatureSet { grids: Vec::new(), paths: Vec::new(), skipped: 0 };
+        for path in images {
+            let result = cache.get_or_compute(path, || {
+                let mut image = decode_file(path)?;
+                if mirror {
+                    image::imageops::flip_horizontal_in_place(&mut image);
+                }
+                if extractor.is_none() {
+                    extractor = Some(make_extractor()?);
+                }
+                let extractor = extractor.as_mut().expect("just built");
+                Ok::<_, SegmentError>(extractor.features(&image, &path.display().to_string())?.0)
+            });
+            match result {
+                Ok(grid) => {
+                    set.grids.push(grid);
+                    set.paths.push(path.clone());
+                }
+                Err(SegmentError::Preprocess(e)) => {
+                    bar.suspend(|| log::warn!("skipped: {e}"));
+                    set.skipped += 1;
+                }
+                Err(e) => return Err(e),
+            }
+            bar.inc();
+        }
+        bar.finish();
+        if set.skipped > 0 {
+            log::warn!("{} of {} images could not be read and were skipped", set.skipped, images.len());
+        }
+        Ok(set)
+    }
+
+    /// Builds a set from grids already in memory (tests, tools).
+    pub fn from_grids(grids: Vec<Array3<f32>>) -> Self {
+        let paths = (0..grids.len()).map(|i| PathBuf::from(format!("grid{i}"))).collect();
+        FeatureSet { grids, paths, skipped: 0 }
+    }
+
+    /// Checks that there is data and that every grid has the same shape;
+    /// returns `(rows, cols, D)`.
+    pub fn geometry(&self) -> Result<(usize, usize, usize)> {
+        let first = self.grids.first().ok_or_else(|| TrainError::TooLittleData("no readable images".into()))?.dim();
+        if let Some((i, g)) = self.grids.iter().enumerate().find(|(_, g)| g.dim() != first) {
+            return Err(TrainError::Invalid(format!(
+                "{}: feature grid {:?} differs from {:?} of the first image (all images must be resized to one input size)",
+                self.paths[i].display(),
+                g.dim(),
+                first
+            )));
+        }
+        Ok(first)
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.grids.len()
+    }
+
+    /// True when no image is usable.
+    pub fn is_empty(&self) -> bool {
+        self.grids.is_empty()
+    }
+
+    /// All tokens of image `i` as `[rows * cols, D]`.
+    pub fn tokens(&self, i: usize) -> ArrayView2<'_, f32> {
+        let (rows, cols, dim) = self.grids[i].dim();
+        self.grids[i].view().into_shape_with_order((rows * cols, dim)).expect("standard layout")
+    }
+}
+
+/// CAUSE's stochastic grid sampling: one token from every `window` x `window`
+/// block of the patch grid, at a random position inside the block (blocks
+/// that do not fit at the right/bottom edge are dropped). Returns the
+/// tokens `[blocks, D]` and their flat grid indices.
+pub fn grid_sample(grid: &Array3<f32>, window: usize, rng: &mut impl Rng) -> (Array2<f32>, Vec<usize>) {
+    let (rows, cols, _) = grid.dim();
+    let window = window.max(1);
+    let (br, bc) = ((rows / window).max(1), (cols / window).max(1));
+    let (wr, wc) = (window.min(rows), window.min(cols));
+    let mut indices = Vec::with_capacity(br * bc);
+    for r in 0..br {
+        for c in 0..bc {
+            let y = r * wr + rng.random_range(0..wr);
+            let x = c * wc + rng.random_range(0..wc);
+            indices.push(y * cols + x);
+        }
+    }
+    let (rows_, cols_, dim) = grid.dim();
+    let flat = grid.view().into_shape_with_order((rows_ * cols_, dim)).expect("standard layout");
+    (flat.select(Axis(0), &indices), indices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn one_token_per_window() {
+        let grid = Array3::from_shape_fn((8, 12, 1), |(r, c, _)| (r * 12 + c) as f32);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (tokens, indices) = grid_sample(&grid, 4, &mut rng);
+        assert_eq!(tokens.dim(), (6, 1));
+        for (b, &i) in indices.iter().enumerate() {
+            let (r, c) = (i / 12, i % 12);
+            assert_eq!((r / 4, c / 4), (b / 3, b % 3), "token {b} from block of ({r}, {c})");
+            assert_eq!(tokens[[b, 0]], i as f32);
+        }
+    }
+
+    #[test]
+    fn mixed_geometries_are_refused() {
+        let set = FeatureSet::from_grids(vec![Array3::zeros((2, 2, 3)), Array3::zeros((2, 3, 3))]);
+        let err = set.geometry().unwrap_err().to_string();
+        assert!(err.contains("grid1") && err.contains("differs"), "{err}");
+        assert!(FeatureSet::from_grids(vec![]).geometry().is_err());
+    }
+}

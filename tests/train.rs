@@ -1,0 +1,165 @@
+//! `causeseg fit --method cause`: a whole (tiny) CAUSE run from the command
+//! line, the model it writes, and the bad-input cases.
+
+mod common;
+
+use std::path::Path;
+
+use common::causeseg;
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[cfg(not(feature = "train"))]
+#[test]
+fn cause_needs_the_train_feature() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = common::sample_images();
+    let out = dir.path().join("m");
+    let output = causeseg(&["fit", "--method", "cause", "--clusters", "3", "--images", images.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("`train` feature"), "{}", stderr(&output));
+    assert!(!out.exists());
+}
+
+#[cfg(feature = "train")]
+mod trained {
+    use super::*;
+
+    /// Tiny but complete settings: every stage runs in seconds.
+    const TINY: &[&str] = &[
+        "--size", "224x168", "--clusterbook-size", "32", "--clusterbook-epochs", "1", "--head-epochs", "2", "--batch", "2",
+        "--projection-dim", "64", "--probe-epochs", "1",
+    ];
+
+    fn fit(images: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+        fit_with_env(images, out, extra, &[])
+    }
+
+    fn fit_with_env(images: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let mut args = vec!["fit", "--method", "cause", "--clusters", "3", "--images", images.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        args.extend_from_slice(TINY);
+        args.extend_from_slice(extra);
+        common::causeseg_with_env(&args, env)
+    }
+
+    #[test]
+    fn writes_a_model_the_runtime_uses_and_is_seeded() {
+        if common::backbone().is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let images = common::sample_images();
+        let model = dir.path().join("cause");
+        let output = fit(&images, &model, &["--seed", "3"]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        for file in ["model.toml", "centroids.npy", "clusterbook.npy", "training.json", "head/f1_weight.npy", "head/f2b_bias.npy"] {
+            assert!(model.join(file).is_file(), "{file} missing");
+        }
+        let probe: ndarray::Array2<f32> = ndarray_npy::read_npy(model.join("centroids.npy")).unwrap();
+        assert_eq!(probe.dim(), (3, 90), "probe lives in the head's 90-d space");
+        let clusterbook: ndarray::Array2<f32> = ndarray_npy::read_npy(model.join("clusterbook.npy")).unwrap();
+        assert_eq!(clusterbook.dim(), (32, 384));
+        let loaded = causeseg::model::Model::load(&model).expect("the runtime loads a CAUSE model");
+        assert!(loaded.head.is_some());
+
+        // Same seed, same model.
+        let again = dir.path().join("again");
+        assert!(fit(&images, &again, &["--seed", "3"]).status.success());
+        for file in ["centroids.npy", "clusterbook.npy", "head/f2a_weight.npy"] {
+            assert_eq!(std::fs::read(model.join(file)).unwrap(), std::fs::read(again.join(file)).unwrap(), "{file}");
+        }
+
+        // Stages alone: a new head on the stored clusterbook; a probe on the stored head.
+        let cb = model.join("clusterbook.npy");
+        let reuse = dir.path().join("reuse");
+        let output = fit(&images, &reuse, &["--seed", "3", "--clusterbook", cb.to_str().unwrap()]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert_eq!(std::fs::read(&cb).unwrap(), std::fs::read(reuse.join("clusterbook.npy")).unwrap());
+        let probe_only = dir.path().join("probe_only");
+        let output = fit(&images, &probe_only, &["--head-from", model.to_str().unwrap(), "--probe", "modularity"]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert_eq!(std::fs::read(model.join("head/f1_weight.npy")).unwrap(), std::fs::read(probe_only.join("head/f1_weight.npy")).unwrap());
+
+        // The runtime segments with it.
+        let out = dir.path().join("out");
+        let image = images.join("coffee.jpg");
+        let output = causeseg(&["segment", image.to_str().unwrap(), "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--visualize", "labels"]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let labels = image::open(out.join("coffee_labels.png")).unwrap().into_luma8();
+        assert!(labels.pixels().all(|p| p.0[0] < 3));
+    }
+
+    #[test]
+    fn empty_directory_is_a_clear_error_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let out = dir.path().join("model");
+        let output = fit(&empty, &out, &[]);
+        assert!(!output.status.success());
+        assert!(stderr(&output).contains("no JPEG or PNG images") && stderr(&output).contains("empty"), "{}", stderr(&output));
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn unreadable_images_are_skipped_and_counted() {
+        if common::backbone().is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("images");
+        std::fs::create_dir(&images).unwrap();
+        for name in ["chelsea.jpg", "coffee.jpg"] {
+            std::fs::copy(common::sample_images().join(name), images.join(name)).unwrap();
+        }
+        std::fs::write(images.join("broken.jpg"), b"not a jpeg").unwrap();
+        let out = dir.path().join("model");
+        let output = fit_with_env(&images, &out, &[], &[("RUST_LOG", "info")]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let log = stderr(&output);
+        assert!(log.contains("broken.jpg") && log.contains("1 of 3 images could not be read"), "{log}");
+        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("training.json")).unwrap()).unwrap();
+        assert_eq!(report["skipped"], 1);
+        assert_eq!(report["images"], 2);
+    }
+
+    #[test]
+    fn nan_loss_stops_without_a_model() {
+        if common::backbone().is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("model");
+        // An absurd learning rate overflows the head's weights within a few steps.
+        let output = fit(&common::sample_images(), &out, &["--head-lr", "1e35"]);
+        assert!(!output.status.success());
+        let err = stderr(&output);
+        assert!(err.contains("NaN") && err.contains("no model was written"), "{err}");
+        assert!(!out.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no partial directory left");
+    }
+
+    #[test]
+    fn non_finite_clusterbook_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let nan = dir.path().join("nan.npy");
+        ndarray_npy::write_npy(&nan, &ndarray::Array2::<f32>::from_elem((32, 384), f32::NAN)).unwrap();
+        let out = dir.path().join("model");
+        let output = fit(&common::sample_images(), &out, &["--clusterbook", nan.to_str().unwrap()]);
+        assert!(!output.status.success());
+        assert!(stderr(&output).contains("nan.npy") && stderr(&output).contains("not finite"), "{}", stderr(&output));
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn tr_head_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("model");
+        let output = fit(&common::sample_images(), &out, &["--head", "tr"]);
+        assert!(!output.status.success());
+        assert!(stderr(&output).contains("--head tr is not implemented"), "{}", stderr(&output));
+        assert!(!out.exists());
+    }
+}
