@@ -42,7 +42,7 @@ export ORT_DYLIB_PATH
 
 FEATURES=ort,camera,gstreamer,train
 cargo build --features "$FEATURES" --bins --examples
-./target/debug/causeseg models fetch
+cargo run --quiet --features "$FEATURES" --bin causeseg -- models fetch
 
 if [ ! -d ../shared ]; then
   echo "tests/run.sh: ../shared is absent: tests that need its data or golden outputs will fail in strict mode" >&2
