@@ -14,11 +14,12 @@ use causeseg::sink::{FrameImages, ImageSink, StatsSink, Visualization};
 use causeseg::source::{self, CameraOptions, PixelFormat, SourceOptions, SourceUri};
 use causeseg::Segmenter;
 
+/// Options of `causeseg run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Frame source: auto (first camera, else the bundled sample images),
     /// /dev/videoN, v4l2:///dev/videoN, csi://N, gst://PIPELINE, rtsp://URL,
-    /// a video file, or an image file, directory or glob.
+    /// a video file, or an image file, directory or glob (quoted: 'frames/*.png').
     #[arg(long, default_value = "auto")]
     source: String,
     #[command(flatten)]
@@ -82,6 +83,8 @@ fn parse_alpha(text: &str) -> Result<f32, String> {
     }
 }
 
+/// Opens the source, loads the model once, streams until the source ends, a
+/// limit is reached or Ctrl-C, then prints the summary.
 pub fn run(args: RunArgs, cache: &Path) -> anyhow::Result<()> {
     let uri = SourceUri::parse(&args.source)?;
     let camera = CameraOptions { resolution: args.resolution, fps: args.fps, format: args.pixel_format };

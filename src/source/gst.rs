@@ -5,9 +5,10 @@
 //! has none.
 //!
 //! A pipeline is live when starting it reports no preroll (cameras,
-//! network streams): its appsink then keeps only the newest frame. Other
-//! pipelines (files, `videotestsrc`) are read only as fast as frames are
-//! consumed, and `--loop` restarts them at their end.
+//! network streams): its appsink then keeps only the newest frame, and an
+//! error or the end of its stream makes [`Capture`](super::Capture) reopen
+//! it. Other pipelines (files, `videotestsrc`) are read only as fast as
+//! frames are consumed, and `--loop` restarts them at their end.
 
 use std::time::{Duration, Instant};
 
@@ -83,7 +84,11 @@ impl FrameSource for GstSource {
                 return Err(self.lost(reason));
             }
             if self.appsink.is_eos() {
-                if !self.looping || self.live {
+                if self.live {
+                    // A camera or network stream that ends has gone away.
+                    return Err(self.lost("end of stream".into()));
+                }
+                if !self.looping {
                     return Ok(None);
                 }
                 self.restart()?;
@@ -225,9 +230,16 @@ mod tests {
     }
 
     #[test]
-    fn live_sources_are_detected() {
-        let source = open("gst://videotestsrc is-live=true ! video/x-raw,width=16,height=16", false).unwrap();
+    fn a_live_stream_that_ends_is_reopened_and_counting_continues() {
+        use crate::source::{Backoff, Capture};
+        let source = open("gst://videotestsrc is-live=true num-buffers=2 ! video/x-raw,width=16,height=16,framerate=30/1", false).unwrap();
         assert!(source.is_live());
+        let backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(40));
+        let mut capture = Capture::new(Box::new(source), Default::default()).with_backoff(backoff);
+        let indices: Vec<u64> = (0..5).map(|_| capture.next().unwrap().unwrap().index).collect();
+        assert_eq!(indices, [0, 1, 2, 3, 4]);
+        // Two frames per run (fewer if the newest-frame appsink dropped one).
+        assert!(capture.counts().reopens >= 2);
     }
 
     #[test]
