@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut segmenter = Segmenter::new(model, Backend::Tract, &backbone::cache_dir(None))?;
     // Set the flag (e.g. from a ctrlc handler) to end the loop.
     let mut capture = Capture::new(camera, Arc::new(AtomicBool::new(false)));
-    while let Some(frame) = capture.next()? {
+    while let Some(frame) = capture.next_frame()? {
         let result = segmenter.segment(&frame.data.image, &device, None)?;
         let fractions = concept_fractions(&result.labels, names.len());
         let (top, share) = fractions.iter().enumerate().fold((0, 0.0), |best, (k, &f)| if f > best.1 { (k, f) } else { best });

@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut segmenter = Segmenter::new(model, Backend::Tract, &backbone::cache_dir(None))?;
     std::fs::create_dir_all(&output)?;
     let mut images = Capture::new(Box::new(ImageFiles::open(&input, false)?), Arc::default());
-    while let Some(frame) = images.next()? {
+    while let Some(frame) = images.next_frame()? {
         let stem = frame.data.name.unwrap_or_else(|| frame.index.to_string());
         let result = segmenter.segment(&frame.data.image, &stem, None)?;
         let path = Path::new(&output).join(format!("{stem}_overlay.png"));

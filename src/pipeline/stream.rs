@@ -332,7 +332,7 @@ fn capture_loop(
         {
             break Ok(());
         }
-        match capture.next() {
+        match capture.next_frame() {
             Ok(Some(frame)) => {
                 if slot.put(frame).is_some() {
                     counters.dropped.fetch_add(1, Ordering::Relaxed);

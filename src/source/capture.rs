@@ -61,7 +61,7 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Wraps `source`; setting `stop` ends [`Capture::next`] (also during a
+    /// Wraps `source`; setting `stop` ends [`Capture::next_frame`] (also during a
     /// backoff wait).
     pub fn new(source: Box<dyn FrameSource>, stop: Arc<AtomicBool>) -> Self {
         Capture { source, backoff: Backoff::default(), stop, counts: CaptureCounts::default() }
@@ -85,7 +85,7 @@ impl Capture {
 
     /// The next good frame, numbered; `Ok(None)` at the end of the stream or
     /// once stopped. Errors only for a non-live source that fails.
-    pub fn next(&mut self) -> Result<Option<Frame>, SourceError> {
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
         while !self.stopped() {
             match self.source.next_frame() {
                 Ok(Some(data)) => {
@@ -230,7 +230,7 @@ pub(crate) mod tests {
         let mut capture = Capture::new(Box::new(camera), Arc::default()).with_backoff(backoff);
         let start = Instant::now();
         let mut frames = Vec::new();
-        while let Some(frame) = capture.next().unwrap() {
+        while let Some(frame) = capture.next_frame().unwrap() {
             frames.push((frame.index, frame.data.image.width()));
         }
         assert_eq!(frames, [(0, 14), (1, 15), (2, 16), (3, 17), (4, 18)]);
@@ -254,7 +254,7 @@ pub(crate) mod tests {
             stop.store(true, Ordering::Relaxed);
         });
         let start = Instant::now();
-        assert!(capture.next().unwrap().is_none());
+        assert!(capture.next_frame().unwrap().is_none());
         assert!(start.elapsed() < Duration::from_secs(1));
         stopper.join().unwrap();
     }

@@ -236,7 +236,7 @@ mod tests {
         assert!(source.is_live());
         let backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(40));
         let mut capture = Capture::new(Box::new(source), Default::default()).with_backoff(backoff);
-        let indices: Vec<u64> = (0..5).map(|_| capture.next().unwrap().unwrap().index).collect();
+        let indices: Vec<u64> = (0..5).map(|_| capture.next_frame().unwrap().unwrap().index).collect();
         assert_eq!(indices, [0, 1, 2, 3, 4]);
         // Two frames per run (fewer if the newest-frame appsink dropped one).
         assert!(capture.counts().reopens >= 2);
