@@ -87,7 +87,7 @@ pub struct ModularityOptions {
 
 impl Default for ModularityOptions {
     fn default() -> Self {
-        ModularityOptions { codes: 2048, epochs: 10, batch: 16, lr: 1e-3, tau: 0.1, window: 4, restart_dead: false, seed: 0 }
+        ModularityOptions { codes: 2048, epochs: 1, batch: 16, lr: 1e-3, tau: 0.1, window: 4, restart_dead: false, seed: 0 }
     }
 }
 

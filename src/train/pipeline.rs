@@ -64,7 +64,7 @@ pub struct HeadOptions {
 impl Default for HeadOptions {
     fn default() -> Self {
         HeadOptions {
-            epochs: 20,
+            epochs: 3,
             batch: 16,
             lr: 1e-3,
             weight_decay: 1e-4,
@@ -323,6 +323,36 @@ pub fn run(set: &FeatureSet, options: &CauseOptions, compare_probes: bool) -> Re
     Ok(CauseResult { clusterbook, head, head_report, clusterbook_report, probes, probe_report, seconds })
 }
 
+/// Mean backbone token over every token of `set`.
+pub fn mean_token(set: &FeatureSet) -> ndarray::Array1<f32> {
+    let dim = set.grids.first().map_or(0, |g| g.dim().2);
+    let mut sum = ndarray::Array1::<f64>::zeros(dim);
+    let mut count = 0usize;
+    for i in 0..set.len() {
+        for row in set.tokens(i).rows() {
+            sum.zip_mut_with(&row, |s, &v| *s += v as f64);
+        }
+        count += set.tokens(i).nrows();
+    }
+    (sum / count.max(1) as f64).mapv(|v| v as f32)
+}
+
+/// Subtracts `mean` from every token of `set`.
+pub fn subtract_mean(set: &mut FeatureSet, mean: &ndarray::Array1<f32>) {
+    for grid in &mut set.grids {
+        for mut token in grid.lanes_mut(ndarray::Axis(2)) {
+            token -= mean;
+        }
+    }
+}
+
+/// Makes a head trained on `x - mean` accept raw `x`: the first layers'
+/// biases absorb `-W mean`.
+pub fn fold_input_mean(head: &mut MlpHead, mean: &ndarray::Array1<f32>) {
+    head.f1.bias -= &head.f1.weight.dot(mean);
+    head.f2a.bias -= &head.f2a.weight.dot(mean);
+}
+
 /// Mean head feature over every token of `set`.
 pub fn mean_head_feature(set: &FeatureSet, head: &MlpHead) -> ndarray::Array1<f32> {
     let mut sum = ndarray::Array1::<f64>::zeros(head.output_dim());
@@ -407,6 +437,23 @@ mod tests {
             })
             .collect();
         FeatureSet::from_grids(grids)
+    }
+
+    #[test]
+    fn folding_the_input_mean_matches_centred_inputs() {
+        let set = blob_set(1, 7);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let params = init(HeadShape { input: 4, reduced: 3, projection: 2 }, &mut rng, &Device::Cpu).unwrap();
+        let head = super::super::head::to_runtime(&params).unwrap();
+        let mean = mean_token(&set);
+        let mut centred = FeatureSet::from_grids(set.grids.clone());
+        subtract_mean(&mut centred, &mean);
+        let mut folded = head.clone();
+        fold_input_mean(&mut folded, &mean);
+        let a = head.forward(centred.tokens(0));
+        let b = folded.forward(set.tokens(0));
+        assert!(a.iter().zip(b.iter()).all(|(x, y)| (x - y).abs() < 1e-4));
+        assert!(mean_token(&centred).iter().all(|v| v.abs() < 1e-5));
     }
 
     #[test]
