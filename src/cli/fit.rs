@@ -107,6 +107,10 @@ mod cause {
         /// Segmentation head architecture.
         #[arg(long, value_enum, default_value = "mlp")]
         pub head: HeadArch,
+        /// Also train on CAUSE's five crops of every image (corners and
+        /// centre at half size, resized to the input): 6x the features.
+        #[arg(long)]
+        pub five_crop: bool,
         /// Concept clusterbook size K.
         #[arg(long, default_value_t = 2048)]
         pub clusterbook_size: usize,
@@ -175,6 +179,12 @@ mod cause {
         /// features; the stored clusterbook lives in the centred space).
         #[arg(long)]
         pub center_input: bool,
+        /// Centre and PCA-whiten the backbone tokens to this many dimensions
+        /// for every stage (0: off). Folded into the head like
+        /// --center-input; clusterbook.npy is then in the whitened space
+        /// (input_mean.npy and input_projection.npy say how to get there).
+        #[arg(long, default_value_t = 0)]
+        pub whiten: usize,
         /// Centre head features on their training mean before the probe
         /// (folded into the head's bias).
         #[arg(long)]
@@ -211,7 +221,8 @@ mod cause {
     pub enum HeadArch {
         /// CAUSE-MLP.
         Mlp,
-        /// CAUSE-TR (not implemented yet).
+        /// CAUSE-TR (one transformer decoder layer; runs only at the
+        /// training input size).
         Tr,
     }
 
@@ -256,22 +267,31 @@ mod cause {
         use causeseg::fit::kmeans_manifest;
         use causeseg::pipeline::head::{HeadKind, HeadSpec};
         use causeseg::pipeline::FeatureExtractor;
-        use causeseg::train::data::FeatureSet;
+        use causeseg::train::data::{FeatureSet, View};
         use causeseg::train::evaluate::{evaluate, LabelledFeatures};
         use causeseg::train::modularity::ModularityOptions;
         use causeseg::train::pipeline::{self as cause, save_npy, write_atomically, CauseOptions, HeadOptions};
         use causeseg::train::probe::ProbeKind;
+        use causeseg::train::whiten::InputTransform;
         use serde_json::json;
 
         use super::{CauseArgs, Context, HeadArch, ProbeArg};
 
         pub fn run(args: &CauseArgs, images: &[PathBuf], cx: Context) -> anyhow::Result<()> {
-            anyhow::ensure!(args.head == HeadArch::Mlp, "--head tr is not implemented yet; use --head mlp");
             anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
             let started = Instant::now();
-            let feature_cache = FeatureCache::new(cx.cache, cx.reference, cx.input);
+            let cache_for = |view: View| FeatureCache::new(&view.cache_root(cx.cache), cx.reference, cx.input);
+            let feature_cache = cache_for(View::Full);
             let extractor = || FeatureExtractor::new(cx.reference, cx.input, cx.backend, cx.cache);
-            let set = FeatureSet::load(images, &feature_cache, false, extractor, "features")?;
+            let mut set = FeatureSet::load(images, &feature_cache, View::Full, extractor, "features")?;
+            let images_used = set.len();
+            if args.five_crop {
+                let paths = set.paths.clone();
+                for (i, view) in View::FULL_AND_FIVE_CROPS[1..].iter().enumerate() {
+                    let extractor = || FeatureExtractor::new(cx.reference, cx.input, cx.backend, cx.cache);
+                    set.append(FeatureSet::load(&paths, &cache_for(*view), *view, extractor, &format!("crop {}/5", i + 1))?);
+                }
+            }
             anyhow::ensure!(
                 !set.is_empty(),
                 "none of the {} images in {} could be read",
@@ -279,17 +299,30 @@ mod cause {
                 cx.sources.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
             );
             let (rows, cols, dim) = set.geometry()?;
-            let mut set = set;
             let baseline = if args.val_baseline && args.val_images.is_some() {
-                Some(causeseg::train::probe::kmeans_probe(&set, None, cx.clusters, cx.seed)?)
+                Some(causeseg::train::probe::kmeans_probe(&set, cx.clusters, cx.seed)?)
             } else {
                 None
             };
-            let input_mean = (args.center_input && args.head_from.is_none()).then(|| cause::mean_token(&set));
-            if let Some(mean) = &input_mean {
-                cause::subtract_mean(&mut set, mean);
-            }
-            log::info!("{} images ({} skipped), {rows}x{cols} patches of {dim} features", set.len(), set.skipped);
+            // Stage 0: centring / whitening (its own space for every later stage).
+            let transform = if args.head_from.is_none() && (args.center_input || args.whiten > 0) {
+                let (transform, report) = InputTransform::fit(&set, args.whiten)?;
+                log::info!(
+                    "input transform: {} dims keep {:.1} % of the variance (top direction {:.1} %)",
+                    report.dims,
+                    100.0 * report.kept_variance,
+                    100.0 * report.top_direction_variance
+                );
+                transform.apply(&mut set);
+                Some((transform, report))
+            } else {
+                None
+            };
+            let transformed_baseline = match (&transform, args.val_baseline && args.val_images.is_some()) {
+                (Some((t, _)), true) => Some((t.as_head(), causeseg::train::probe::kmeans_probe(&set, cx.clusters, cx.seed)?)),
+                _ => None,
+            };
+            log::info!("{images_used} images ({} skipped), {} grids of {rows}x{cols} patches of {dim} features", set.skipped, set.len());
             let clusterbook = ModularityOptions {
                 codes: args.clusterbook_size,
                 epochs: args.clusterbook_epochs,
@@ -332,6 +365,10 @@ mod cause {
                 clusterbook_file: args.clusterbook.clone(),
                 head,
                 head_from: args.head_from.clone(),
+                arch: match args.head {
+                    HeadArch::Mlp => HeadKind::Mlp,
+                    HeadArch::Tr => HeadKind::Tr,
+                },
                 concepts: cx.clusters,
                 probe: probe_kind,
                 probe_modularity: ModularityOptions { epochs: args.probe_epochs, lr: args.probe_lr, ..clusterbook },
@@ -339,8 +376,8 @@ mod cause {
             };
             let compare = args.val_images.is_some();
             let mut result = cause::run(&set, &options, compare)?;
-            if let Some(mean) = &input_mean {
-                cause::fold_input_mean(&mut result.head, mean);
+            if let Some((t, _)) = &transform {
+                t.fold_into_head(&mut result.head);
             }
             for (stage, s) in &result.seconds {
                 log::info!("{stage}: {s:.1} s");
@@ -352,11 +389,10 @@ mod cause {
                 let pairs = causeseg::eval::pair_by_stem(val_images, val_labels)?;
                 let paths: Vec<PathBuf> = pairs.iter().map(|(i, _)| i.clone()).collect();
                 let extractor = || FeatureExtractor::new(cx.reference, cx.input, cx.backend, cx.cache);
-                let val = FeatureSet::load(&paths, &feature_cache, false, extractor, "val features")?;
+                let val = FeatureSet::load(&paths, &feature_cache, View::Full, extractor, "val features")?;
                 let flipped = if args.val_flip {
-                    let mirror_cache = FeatureCache::new(&cx.cache.join("mirrored"), cx.reference, cx.input);
                     let extractor = || FeatureExtractor::new(cx.reference, cx.input, cx.backend, cx.cache);
-                    Some(FeatureSet::load(&val.paths, &mirror_cache, true, extractor, "mirrored val")?)
+                    Some(FeatureSet::load(&val.paths, &cache_for(View::Mirrored), View::Mirrored, extractor, "mirrored val")?)
                 } else {
                     None
                 };
@@ -372,6 +408,13 @@ mod cause {
                         measured.push(json!({"probe": "baseline-kmeans-raw", "flip": flip, "miou": m.miou, "pixel_accuracy": m.pixel_accuracy}));
                     }
                 }
+                if let Some((head, probe)) = &transformed_baseline {
+                    for &flip in flips {
+                        let m = evaluate(&data, Some(head), probe, flip, cx.input, patch, args.val_classes, args.val_ignore)?;
+                        log::info!("val: k-means on transformed features, flip {flip}: mIoU {:.2} %, pixel accuracy {:.2} %", m.miou, m.pixel_accuracy);
+                        measured.push(json!({"probe": "baseline-kmeans-transformed", "flip": flip, "miou": m.miou, "pixel_accuracy": m.pixel_accuracy}));
+                    }
+                }
                 for (kind, probe) in &result.probes {
                     for &flip in flips {
                         let m = evaluate(&data, Some(&result.head), probe, flip, cx.input, patch, args.val_classes, args.val_ignore)?;
@@ -385,27 +428,30 @@ mod cause {
             let (width, height) = (cx.input.width, cx.input.height);
             let sources: Vec<String> = cx.sources.iter().map(|d| d.display().to_string()).collect();
             let description = format!(
-                "CAUSE-MLP: clusterbook {} x {dim}, head {} -> {}, {:?} probe with {} concepts, seed {}, on {} images from {} at {width}x{height}",
+                "CAUSE-{:?}: clusterbook {} x {}, head {} -> {}, {:?} probe with {} concepts, seed {}, on {} images from {} at {width}x{height}",
+                result.head.kind(),
                 result.clusterbook.nrows(),
+                result.clusterbook.ncols(),
                 dim,
                 args.reduced_dim,
                 probe_kind,
                 cx.clusters,
                 cx.seed,
-                set.len(),
+                images_used,
                 sources.join(", ")
             );
             let name = cx.out.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned());
             let mut manifest = kmeans_manifest(&name, cx.reference.clone(), cx.input.clone(), cx.clusters, description);
             manifest.head = Some(HeadSpec {
-                kind: HeadKind::Mlp,
+                kind: result.head.kind(),
                 dir: "head".into(),
                 output_dim: result.head.output_dim(),
                 clusterbook: Some("clusterbook.npy".into()),
             });
             let text = manifest.to_toml();
             let report = json!({
-                "images": set.len(),
+                "images": images_used,
+                "five_crop": args.five_crop,
                 "skipped": set.skipped,
                 "seconds": result.seconds.iter().map(|(s, t)| json!({"stage": s, "seconds": t})).collect::<Vec<_>>(),
                 "total_seconds": started.elapsed().as_secs_f64(),
@@ -413,7 +459,7 @@ mod cause {
                 "head": result.head_report,
                 "head_options": options.head,
                 "probe": probe_kind,
-                "center_input": input_mean.is_some(),
+                "input_transform": transform.as_ref().map(|(_, r)| r),
                 "center_output": args.center,
                 "modularity_probe": result.probe_report.as_ref().map(|r| json!({"final_loss": r.final_loss, "used_codes": r.used_codes})),
                 "validation": measured,
@@ -421,9 +467,12 @@ mod cause {
             write_atomically(cx.out, |dir| {
                 save_npy(&dir.join("centroids.npy"), &probe)?;
                 save_npy(&dir.join("clusterbook.npy"), &result.clusterbook)?;
-                if let Some(mean) = &input_mean {
-                    // The clusterbook lives in the space of features minus this mean.
-                    ndarray_npy::write_npy(dir.join("feature_mean.npy"), mean).map_err(|e| e.to_string())?;
+                if let Some((t, _)) = &transform {
+                    // The clusterbook lives in the transformed space: (x - mean) · projection.
+                    ndarray_npy::write_npy(dir.join("input_mean.npy"), &t.mean).map_err(|e| e.to_string())?;
+                    if let Some(p) = &t.projection {
+                        save_npy(&dir.join("input_projection.npy"), p)?;
+                    }
                 }
                 result.head.save(&dir.join("head")).map_err(|e| e.to_string())?;
                 std::fs::write(dir.join("model.toml"), &text).map_err(|e| e.to_string())?;

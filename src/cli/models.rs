@@ -1,8 +1,9 @@
-//! `causeseg models fetch|import`.
+//! `causeseg models fetch|import|export`.
 
 use std::path::{Path, PathBuf};
 
 use causeseg::model::backbone::{self, DINOV2_VITS14};
+use causeseg::model::{fused, Model};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ModelsCommand {
@@ -25,6 +26,16 @@ pub enum ModelsCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Write a model's fused graph (backbone → head → concept scores and
+    /// argmax) as one ONNX file, e.g. to build a TensorRT engine from it.
+    Export {
+        /// The model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// The ONNX file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 pub fn run(command: ModelsCommand, cache: &Path) -> anyhow::Result<()> {
@@ -38,6 +49,18 @@ pub fn run(command: ModelsCommand, cache: &Path) -> anyhow::Result<()> {
             let reference = backbone::import(&onnx, &output, prefix_tokens, &name, cache)?;
             log::info!("imported {} into {}: patch {} px, {} features", onnx.display(), cache.display(), reference.patch_size, reference.feature_dim);
             println!("[backbone]\n{}", toml::to_string(&reference)?);
+        }
+        ModelsCommand::Export { model, out } => {
+            let model = Model::load(&model)?;
+            let backbone = backbone::resolve(&model.manifest.backbone, cache)?;
+            fused::export(&model, &backbone, &out)?;
+            log::info!(
+                "outputs: {} [1, tokens, {}] float32 per-patch scores, {} [1, tokens] int64 concept ids",
+                causeseg::onnx::fuse::SCORES_OUTPUT,
+                model.num_concepts(),
+                causeseg::onnx::fuse::IDS_OUTPUT
+            );
+            println!("{}", out.display());
         }
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! they run on (fetched or imported into a cache, never stored here).
 
 pub mod backbone;
+pub mod fused;
 pub mod manifest;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +34,9 @@ pub enum ModelError {
     /// Reading or writing failed.
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// Building the fused inference graph failed.
+    #[error(transparent)]
+    Onnx(#[from] crate::onnx::OnnxError),
 }
 
 /// A loaded model directory.
@@ -46,7 +50,7 @@ pub struct Model {
     /// with a head), each row L2-normalised.
     pub centroids: Array2<f32>,
     /// The trained head named by the manifest, if any.
-    pub head: Option<crate::pipeline::head::MlpHead>,
+    pub head: Option<crate::pipeline::head::Head>,
 }
 
 impl Model {
@@ -67,7 +71,7 @@ impl Model {
             None => None,
             Some(spec) => {
                 let head_dir = dir.join(&spec.dir);
-                let head = crate::pipeline::head::MlpHead::load(&head_dir).map_err(|e| match e {
+                let head = crate::pipeline::head::Head::load(spec.kind, &head_dir).map_err(|e| match e {
                     crate::pipeline::head::HeadError::BadFile { path, reason } => ModelError::BadFile { path, reason },
                 })?;
                 if head.input_dim() != manifest.backbone.feature_dim || head.output_dim() != spec.output_dim {

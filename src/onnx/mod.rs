@@ -6,6 +6,9 @@
 //! The protobuf types are tract-onnx's own (`tract_onnx::pb`), encoded with
 //! prost.
 
+pub mod fuse;
+pub mod tr;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -27,6 +30,9 @@ pub enum OnnxError {
     /// The graph does not have the single image input a backbone needs.
     #[error("expected one image input of shape [N, 3, H, W], found {0}")]
     BadInput(String),
+    /// The graph does not have the single patch-token output a backbone has.
+    #[error("expected one patch-token output [N, T, D], found {0}")]
+    BadOutput(String),
 }
 
 /// Reads an ONNX model from `path`.

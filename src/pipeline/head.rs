@@ -2,8 +2,9 @@
 //! training framework needed on the robot).
 //!
 //! MLP head (CAUSE-MLP): `out = f1(x) + f2b(relu(f2a(x)))` per patch, with
-//! `f1 = Linear(D, R)`, `f2a = Linear(D, D)`, `f2b = Linear(D, R)` (R = 90 by
-//! default). Weights are stored as float32 `.npy` files in PyTorch layout
+//! `f1 = Linear(D, R)`, `f2a = Linear(D, H)`, `f2b = Linear(H, R)` (R = 90 by
+//! default; H = D in CAUSE, the whitened width when training whitened the
+//! input, see `train::whiten`). Weights are stored as float32 `.npy` files in PyTorch layout
 //! (`weight [out, in]`, `bias [out]`) inside the model directory, so a head
 //! exported from the official CAUSE code can be imported by converting its
 //! state dict to these files.
@@ -17,6 +18,8 @@ use ndarray::{Array1, Array2, Array3, ArrayView2, ArrayView3, Axis};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use serde::{Deserialize, Serialize};
 
+use super::tr_head::{GridMismatch, TrHead};
+
 /// File names of the MLP head's tensors inside [`HeadSpec::dir`].
 pub const MLP_FILES: [&str; 6] = ["f1_weight.npy", "f1_bias.npy", "f2a_weight.npy", "f2a_bias.npy", "f2b_weight.npy", "f2b_bias.npy"];
 
@@ -26,6 +29,78 @@ pub const MLP_FILES: [&str; 6] = ["f1_weight.npy", "f1_bias.npy", "f2a_weight.np
 pub enum HeadKind {
     /// CAUSE-MLP: linear + two-layer MLP branch.
     Mlp,
+    /// CAUSE-TR: one transformer decoder layer queried by the clusterbook,
+    /// then the MLP projection (see [`super::tr_head`]).
+    Tr,
+}
+
+/// A trained segmentation head of either architecture.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Head {
+    /// CAUSE-MLP.
+    Mlp(MlpHead),
+    /// CAUSE-TR.
+    Tr(TrHead),
+}
+
+impl Head {
+    /// Reads the weights of a `kind` head from `dir`.
+    pub fn load(kind: HeadKind, dir: &Path) -> Result<Self, HeadError> {
+        Ok(match kind {
+            HeadKind::Mlp => Head::Mlp(MlpHead::load(dir)?),
+            HeadKind::Tr => Head::Tr(TrHead::load(dir)?),
+        })
+    }
+
+    /// Writes the weights into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<(), HeadError> {
+        match self {
+            Head::Mlp(h) => h.save(dir),
+            Head::Tr(h) => h.save(dir),
+        }
+    }
+
+    /// The architecture.
+    pub fn kind(&self) -> HeadKind {
+        match self {
+            Head::Mlp(_) => HeadKind::Mlp,
+            Head::Tr(_) => HeadKind::Tr,
+        }
+    }
+
+    /// Backbone feature size D.
+    pub fn input_dim(&self) -> usize {
+        match self {
+            Head::Mlp(h) => h.input_dim(),
+            Head::Tr(h) => h.input_dim(),
+        }
+    }
+
+    /// Output feature size R.
+    pub fn output_dim(&self) -> usize {
+        match self {
+            Head::Mlp(h) => h.output_dim(),
+            Head::Tr(h) => h.output_dim(),
+        }
+    }
+
+    /// Head features of a patch grid `[rows, cols, D]` → `[rows, cols, R]`
+    /// (a TR head only takes the grid it was trained on).
+    pub fn apply(&self, features: ArrayView3<f32>) -> Result<Array3<f32>, GridMismatch> {
+        match self {
+            Head::Mlp(h) => Ok(h.apply(features)),
+            Head::Tr(h) => h.apply(features),
+        }
+    }
+
+    /// The final `f1 + f2` projection, whose output bias takes a folded
+    /// output centring.
+    pub fn projection_mut(&mut self) -> &mut MlpHead {
+        match self {
+            Head::Mlp(h) => h,
+            Head::Tr(h) => &mut h.mlp,
+        }
+    }
 }
 
 /// The `[head]` section of a model manifest.
@@ -75,9 +150,9 @@ impl Linear {
 pub struct MlpHead {
     /// `Linear(D, R)`.
     pub f1: Linear,
-    /// `Linear(D, D)` before the ReLU.
+    /// `Linear(D, H)` before the ReLU.
     pub f2a: Linear,
-    /// `Linear(D, R)` after the ReLU.
+    /// `Linear(H, R)` after the ReLU.
     pub f2b: Linear,
 }
 
@@ -106,7 +181,7 @@ impl MlpHead {
         let (rows, cols, dim) = features.dim();
         let flat = features.to_shape((rows * cols, dim)).expect("contiguous features");
         let out = self.forward(flat.view());
-        out.into_shape_with_order((rows, cols, self.output_dim())).expect("same element count")
+        rows_to_grid(out, rows, cols)
     }
 
     /// Loads the six weight files from `dir` and checks their shapes.
@@ -129,7 +204,8 @@ impl MlpHead {
             f2b: Linear { weight: read2(MLP_FILES[4])?, bias: read1(MLP_FILES[5])? },
         };
         let (r, d) = head.f1.weight.dim();
-        let expected = [(r, d), (r, 1), (d, d), (d, 1), (r, d), (r, 1)];
+        let h = head.f2a.weight.nrows();
+        let expected = [(r, d), (r, 1), (h, d), (h, 1), (r, h), (r, 1)];
         let found = [
             head.f1.weight.dim(),
             (head.f1.bias.len(), 1),
@@ -142,7 +218,7 @@ impl MlpHead {
             if e != f {
                 return Err(HeadError::BadFile {
                     path: dir.join(name),
-                    reason: format!("shape {f:?} does not match the head's {r}x{d} layout (expected {e:?})"),
+                    reason: format!("shape {f:?} does not match the head's layout {d} -> {h} -> {r} (expected {e:?})"),
                 });
             }
         }
@@ -165,6 +241,13 @@ impl MlpHead {
         }
         Ok(())
     }
+}
+
+/// Per-token rows `[rows * cols, C]` (any memory layout, e.g. a matrix
+/// product's) as a standard-layout grid `[rows, cols, C]`.
+pub fn rows_to_grid(tokens: Array2<f32>, rows: usize, cols: usize) -> Array3<f32> {
+    let channels = tokens.ncols();
+    tokens.as_standard_layout().into_owned().into_shape_with_order((rows, cols, channels)).expect("rows * cols tokens")
 }
 
 /// Averages head features of an image and of its horizontal mirror (whose

@@ -8,5 +8,6 @@ pub mod preprocess;
 pub mod segmenter;
 pub mod stream;
 pub mod timing;
+pub mod tr_head;
 
 pub use segmenter::{FeatureExtractor, SegmentError, Segmentation, Segmenter};

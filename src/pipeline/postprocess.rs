@@ -19,7 +19,7 @@ pub fn concept_scores(features: ArrayView3<f32>, concepts: &Array2<f32>) -> Arra
     let (rows, cols, dim) = features.dim();
     let flat = features.to_shape((rows * cols, dim)).expect("contiguous features");
     let scores = flat.dot(&concepts.t());
-    scores.into_shape_with_order((rows, cols, concepts.nrows())).expect("same element count")
+    super::head::rows_to_grid(scores, rows, cols)
 }
 
 /// One axis of the bilinear sampling grid: for each output coordinate, the

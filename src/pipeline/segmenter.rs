@@ -2,19 +2,19 @@
 //! concept label map, and [`FeatureExtractor`], the backbone half of it that
 //! training uses on its own.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use image::{GrayImage, RgbImage};
 use ndarray::Array3;
 
-use super::postprocess::{concept_scores, upsample_argmax};
+use super::postprocess::upsample_argmax;
 use super::preprocess::{Placement, PreprocessError, Preprocessor, ResizePolicy};
 use super::timing::{ms_since, StageTimes};
 use crate::engine::{self, Backend, Engine, EngineError, EngineSpec};
 use crate::model::backbone::{self, BackboneError};
 use crate::model::manifest::{BackboneRef, InputSpec};
-use crate::model::{Model, ModelError};
+use crate::model::{fused, Model, ModelError};
 
 /// Anything that can go wrong between a model directory and a label map.
 #[derive(Debug, thiserror::Error)]
@@ -44,17 +44,16 @@ impl FeatureExtractor {
     /// Resolves (fetching if needed) and loads the backbone for `input`.
     pub fn new(reference: &BackboneRef, input: &InputSpec, backend: Backend, cache: &Path) -> Result<Self, SegmentError> {
         let path = backbone::resolve(reference, cache)?;
-        let spec = EngineSpec {
-            path,
-            width: input.width,
-            height: input.height,
-            patch_size: reference.patch_size,
-            feature_dim: reference.feature_dim,
-        };
+        Self::load(path, reference.feature_dim, reference.patch_size, input, backend)
+    }
+
+    /// Loads any graph that maps the image tensor to a `[1, tokens, channels]`
+    /// per-patch output (a backbone, or a fused graph's concept scores).
+    pub fn load(path: PathBuf, channels: usize, patch_size: u32, input: &InputSpec, backend: Backend) -> Result<Self, SegmentError> {
+        let spec = EngineSpec { path, width: input.width, height: input.height, patch_size, feature_dim: channels };
         let engine = engine::load(backend, &spec)?;
-        let preprocessor =
-            Preprocessor::new(input.width, input.height, reference.patch_size, input.mean, input.std, input.resize);
-        Ok(FeatureExtractor { engine, preprocessor, patch_size: reference.patch_size })
+        let preprocessor = Preprocessor::new(input.width, input.height, patch_size, input.mean, input.std, input.resize);
+        Ok(FeatureExtractor { engine, preprocessor, patch_size })
     }
 
     /// Overrides the resize policy of the manifest.
@@ -89,7 +88,9 @@ pub struct Segmentation {
     pub times: StageTimes,
 }
 
-/// Model directory + backbone engine: RGB frames in, concept label maps out.
+/// Model directory + its fused graph (backbone → head → concept scores, see
+/// [`crate::onnx::fuse`]) on one engine: RGB frames in, concept label maps
+/// out.
 ///
 /// ```no_run
 /// use causeseg::{engine::Backend, model::Model, Segmenter};
@@ -105,15 +106,18 @@ pub struct Segmentation {
 /// ```
 pub struct Segmenter {
     model: Model,
-    extractor: FeatureExtractor,
+    scorer: FeatureExtractor,
 }
 
 impl Segmenter {
     /// Loads the backbone named by `model` (fetching it into `cache` if it is
-    /// the default one and missing) on `backend`.
+    /// the default one and missing), builds the model's fused graph (cached
+    /// in `cache`) and loads that on `backend`.
     pub fn new(model: Model, backend: Backend, cache: &Path) -> Result<Self, SegmentError> {
-        let extractor = FeatureExtractor::new(&model.manifest.backbone, &model.manifest.input, backend, cache)?;
-        Ok(Segmenter { model, extractor })
+        let backbone = &model.manifest.backbone;
+        let graph = fused::fused_graph(&model, &backbone::resolve(backbone, cache)?, cache)?;
+        let scorer = FeatureExtractor::load(graph, model.num_concepts(), backbone.patch_size, &model.manifest.input, backend)?;
+        Ok(Segmenter { model, scorer })
     }
 
     /// The loaded model.
@@ -121,21 +125,16 @@ impl Segmenter {
         &self.model
     }
 
-    /// The backbone half, e.g. to change the resize policy.
+    /// The preprocessing + engine half, e.g. to change the resize policy.
     pub fn extractor_mut(&mut self) -> &mut FeatureExtractor {
-        &mut self.extractor
+        &mut self.scorer
     }
 
     /// Segments `image`; the label map has `out_size` (default: the image's
     /// own size). `what` names the image in errors.
     pub fn segment(&mut self, image: &RgbImage, what: &str, out_size: Option<(u32, u32)>) -> Result<Segmentation, SegmentError> {
-        let (features, placement, mut times) = self.extractor.features(image, what)?;
+        let (scores, placement, mut times) = self.scorer.features(image, what)?;
         let start = Instant::now();
-        let features = match &self.model.head {
-            Some(head) => head.apply(features.view()),
-            None => features,
-        };
-        let scores = concept_scores(features.view(), &self.model.centroids);
         let (w, h) = out_size.unwrap_or(image.dimensions());
         let labels = upsample_argmax(&scores, &placement, self.model.manifest.backbone.patch_size, w, h);
         times.postprocess_ms = ms_since(start);

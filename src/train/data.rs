@@ -2,8 +2,9 @@
 //! the feature cache (the backbone only runs for images not cached yet), and
 //! CAUSE's grid sampling of one token per window.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use image::RgbImage;
 use ndarray::{Array2, Array3, ArrayView2, Axis};
 use rand::Rng;
 
@@ -12,6 +13,57 @@ use crate::fit::feature_cache::FeatureCache;
 use crate::pipeline::preprocess::decode_file;
 use crate::pipeline::{FeatureExtractor, SegmentError};
 use crate::progress::Progress;
+
+/// Which view of an image the backbone sees: the whole image, its mirror,
+/// or one of CAUSE's five crops (four corners and the centre, each half the
+/// width and height, resized to the model input like the whole image, so
+/// the backbone sees the scene at twice the resolution).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// The image as it is.
+    Full,
+    /// Mirrored left to right (flip averaging at evaluation).
+    Mirrored,
+    /// Five-crop `0..5`: top-left, top-right, bottom-left, bottom-right, centre.
+    Crop(usize),
+}
+
+impl View {
+    /// The whole image and its five crops.
+    pub const FULL_AND_FIVE_CROPS: [View; 6] = [View::Full, View::Crop(0), View::Crop(1), View::Crop(2), View::Crop(3), View::Crop(4)];
+
+    /// The sub-directory of the feature cache holding this view's features.
+    pub fn cache_root(self, cache: &Path) -> PathBuf {
+        match self {
+            View::Full => cache.to_path_buf(),
+            View::Mirrored => cache.join("mirrored"),
+            View::Crop(i) => cache.join(format!("crop{i}")),
+        }
+    }
+
+    /// This view of `image`.
+    pub fn apply(self, mut image: RgbImage) -> RgbImage {
+        match self {
+            View::Full => image,
+            View::Mirrored => {
+                image::imageops::flip_horizontal_in_place(&mut image);
+                image
+            }
+            View::Crop(i) => {
+                let (w, h) = image.dimensions();
+                let (cw, ch) = ((w / 2).max(1), (h / 2).max(1));
+                let (x, y) = match i {
+                    0 => (0, 0),
+                    1 => (w - cw, 0),
+                    2 => (0, h - ch),
+                    3 => (w - cw, h - ch),
+                    _ => ((w - cw) / 2, (h - ch) / 2),
+                };
+                image::imageops::crop_imm(&image, x, y, cw, ch).to_image()
+            }
+        }
+    }
+}
 
 /// Feature grids `[rows, cols, D]` of a set of images, all of one geometry.
 pub struct FeatureSet {
@@ -27,12 +79,13 @@ impl FeatureSet {
     /// Features of `images` from `cache`, computing missing ones with the
     /// extractor that `make_extractor` builds on first need. Unreadable
     /// images are skipped with a warning and counted; none readable is an
-    /// error naming how many were tried. With `mirror`, the features are
-    /// those of the horizontally flipped images (use a separate cache).
+    /// error naming how many were tried. `view` picks the whole images,
+    /// their mirrors or one of the five crops (give each view its own
+    /// cache, see [`View::cache_root`]).
     pub fn load(
         images: &[PathBuf],
         cache: &FeatureCache,
-        mirror: bool,
+        view: View,
         mut make_extractor: impl FnMut() -> std::result::Result<FeatureExtractor, SegmentError>,
         what: &str,
     ) -> std::result::Result<Self, SegmentError> {
@@ -41,10 +94,7 @@ impl FeatureSet {
         let mut set = FeatureSet { grids: Vec::new(), paths: Vec::new(), skipped: 0 };
         for path in images {
             let result = cache.get_or_compute(path, || {
-                let mut image = decode_file(path)?;
-                if mirror {
-                    image::imageops::flip_horizontal_in_place(&mut image);
-                }
+                let image = view.apply(decode_file(path)?);
                 if extractor.is_none() {
                     extractor = Some(make_extractor()?);
                 }
@@ -92,7 +142,14 @@ impl FeatureSet {
         Ok(first)
     }
 
-    /// Number of images.
+    /// Adds the grids of `other` (e.g. another view of the same images).
+    pub fn append(&mut self, other: FeatureSet) {
+        self.grids.extend(other.grids);
+        self.paths.extend(other.paths);
+        self.skipped += other.skipped;
+    }
+
+    /// Number of grids (images, or image views).
     pub fn len(&self) -> usize {
         self.grids.len()
     }
@@ -131,6 +188,25 @@ pub fn grid_sample(grid: &Array3<f32>, window: usize, rng: &mut impl Rng) -> (Ar
     (flat.select(Axis(0), &indices), indices)
 }
 
+/// Test data: `images` grids `side x side` of 4-d tokens in three noisy
+/// blobs (top rows, bottom-left, bottom-right), the split row random.
+#[cfg(test)]
+pub(crate) fn blob_set(images: usize, side: usize, seed: u64) -> FeatureSet {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let centres = [[1.0f32, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]];
+    let grids = (0..images)
+        .map(|_| {
+            let split = rng.random_range(1..side - 1);
+            Array3::from_shape_fn((side, side, 4), |(r, c, d)| {
+                let which = if r < split { 0 } else if c < side / 2 { 1 } else { 2 };
+                centres[which][d] + rng.random_range(-0.2..0.2)
+            })
+        })
+        .collect();
+    FeatureSet::from_grids(grids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +224,22 @@ mod tests {
             assert_eq!((r / 4, c / 4), (b / 3, b % 3), "token {b} from block of ({r}, {c})");
             assert_eq!(tokens[[b, 0]], i as f32);
         }
+    }
+
+    #[test]
+    fn five_crops_cover_the_corners_and_the_centre() {
+        let image = RgbImage::from_fn(8, 6, |x, y| image::Rgb([x as u8, y as u8, 0]));
+        let corner = |v: View| {
+            let c = v.apply(image.clone());
+            (c.dimensions(), c.get_pixel(0, 0).0[..2].to_vec())
+        };
+        assert_eq!(corner(View::Crop(0)), ((4, 3), vec![0, 0]));
+        assert_eq!(corner(View::Crop(1)), ((4, 3), vec![4, 0]));
+        assert_eq!(corner(View::Crop(2)), ((4, 3), vec![0, 3]));
+        assert_eq!(corner(View::Crop(3)), ((4, 3), vec![4, 3]));
+        assert_eq!(corner(View::Crop(4)), ((4, 3), vec![2, 1]));
+        assert_eq!(View::Mirrored.apply(image.clone()).get_pixel(0, 0).0[0], 7);
+        assert_eq!(View::Full.apply(image.clone()), image);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::{Result, TrainError};
 use crate::eval::metrics::{Confusion, Metrics};
 use crate::model::l2_normalize_rows;
 use crate::model::manifest::InputSpec;
-use crate::pipeline::head::{average_with_flipped, MlpHead};
+use crate::pipeline::head::{average_with_flipped, Head};
 use crate::pipeline::postprocess::{concept_scores, upsample_argmax};
 use crate::pipeline::preprocess::Preprocessor;
 
@@ -53,22 +53,22 @@ impl LabelledFeatures {
 }
 
 /// Per-patch features the probe is applied to.
-fn patch_features(data: &LabelledFeatures, i: usize, head: Option<&MlpHead>, flip: bool) -> Array3<f32> {
+fn patch_features(data: &LabelledFeatures, i: usize, head: Option<&Head>, flip: bool) -> Result<Array3<f32>> {
     let apply = |g: &Array3<f32>| match head {
-        Some(h) => h.apply(g.view()),
-        None => g.clone(),
+        Some(h) => h.apply(g.view()).map_err(|e| TrainError::Invalid(e.to_string())),
+        None => Ok(g.clone()),
     };
-    let features = apply(&data.set.grids[i]);
-    match (&data.flipped, flip) {
-        (Some(f), true) => average_with_flipped(&features, &apply(&f.grids[i])),
+    let features = apply(&data.set.grids[i])?;
+    Ok(match (&data.flipped, flip) {
+        (Some(f), true) => average_with_flipped(&features, &apply(&f.grids[i])?),
         _ => features,
-    }
+    })
 }
 
 /// Hungarian-matched metrics of `probe` (`[N, R]`) over the whole set.
 pub fn evaluate(
     data: &LabelledFeatures,
-    head: Option<&MlpHead>,
+    head: Option<&Head>,
     probe: &Array2<f32>,
     flip: bool,
     input: &InputSpec,
@@ -80,7 +80,7 @@ pub fn evaluate(
     let preprocessor = Preprocessor::new(input.width, input.height, patch, input.mean, input.std, input.resize);
     let mut confusion = Confusion::new(probe.nrows(), classes);
     for i in 0..data.set.len() {
-        let features = patch_features(data, i, head, flip);
+        let features = patch_features(data, i, head, flip)?;
         let scores = concept_scores(features.view(), &probe);
         let truth = &data.labels[i];
         let placement = preprocessor.placement(data.sizes[i]);

@@ -123,6 +123,17 @@ pub fn to_runtime(params: &[Tensor]) -> candle_core::Result<MlpHead> {
     Ok(MlpHead { f1: layer(0)?, f2a: layer(1)?, f2b: layer(2)? })
 }
 
+/// The head parameters of a runtime head as tensors (f1, f2a, f2b; no
+/// projection), for [`head_forward`] on a saved model.
+pub fn from_runtime(head: &MlpHead, device: &Device) -> candle_core::Result<Vec<Tensor>> {
+    let mut out = Vec::with_capacity(6);
+    for layer in [&head.f1, &head.f2a, &head.f2b] {
+        out.push(Tensor::from_vec(layer.weight.iter().copied().collect(), layer.weight.dim(), device)?);
+        out.push(Tensor::from_vec(layer.bias.to_vec(), layer.bias.len(), device)?);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

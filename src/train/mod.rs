@@ -2,6 +2,8 @@
 //! features, with candle's autodiff on the CPU.
 //!
 //! Stages (DESIGN.md, "CAUSE, as the project implements it"):
+//! 0. [`whiten`]: optional centring / PCA whitening of the backbone tokens
+//!    (label-free; folded into the head afterwards).
 //! 1. [`modularity`]: the concept clusterbook (K vectors of size D) by
 //!    modularity maximisation on per-image affinity graphs of grid-sampled
 //!    tokens; initialised from sampled, normalised tokens.
@@ -22,6 +24,8 @@ pub mod head;
 pub mod modularity;
 pub mod pipeline;
 pub mod probe;
+pub mod tr;
+pub mod whiten;
 
 use candle_core::{Tensor, D};
 

@@ -17,10 +17,10 @@ use super::contrastive::{concept_contrastive, ConceptBank, ContrastiveOptions};
 use super::data::{grid_sample, FeatureSet};
 use super::head::{dropout_mask, head_forward, init, project, HeadShape, Student, Teacher};
 use super::modularity::{init_from_tokens, train_modularity, ModularityOptions, ModularityReport};
-use super::probe::{kmeans_probe, modularity_probe, ProbeKind};
+use super::probe::{head_features, kmeans_probe, modularity_probe, ProbeKind};
 use super::{check_finite, normalize_rows, Result, TrainError};
 use crate::model::l2_normalize_rows;
-use crate::pipeline::head::MlpHead;
+use crate::pipeline::head::{Head, HeadKind, MlpHead};
 use crate::progress::Progress;
 
 /// Settings of the head stage (CAUSE's defaults).
@@ -100,6 +100,124 @@ fn nearest(x_unit: &Tensor, codes_unit_t: &Tensor) -> candle_core::Result<Vec<us
     Ok(x_unit.matmul(codes_unit_t)?.argmax(D::Minus1)?.to_vec1::<u32>()?.into_iter().map(|c| c as usize).collect())
 }
 
+/// The optimisation shared by both head architectures: the concept-wise
+/// contrastive loss of student projections against teacher projections
+/// (in-batch and from the concept bank), the Adam step, the EMA update of
+/// the teacher and the bank update, with the per-epoch bookkeeping.
+pub(crate) struct ConceptObjective {
+    adam: Adam,
+    bank: ConceptBank,
+    /// Cosines between the unit clusterbook vectors, `[K, K]` row-major.
+    gram: Vec<f32>,
+    concepts: usize,
+    contrastive: ContrastiveOptions,
+    options: HeadOptions,
+    stage: &'static str,
+    step: usize,
+    epoch_loss: f64,
+    epoch_steps: usize,
+    /// What the run did so far.
+    pub report: HeadReport,
+}
+
+impl ConceptObjective {
+    /// An objective for `student` against `clusterbook`; `stage` names the
+    /// head in errors and logs.
+    pub(crate) fn new(student: &Student, clusterbook: &Array2<f32>, options: &HeadOptions, stage: &'static str) -> Result<Self> {
+        let config = AdamConfig { lr: options.lr, weight_decay: options.weight_decay, clip_norm: Some(options.clip_norm), ..Default::default() };
+        let codes_unit = l2_normalize_rows(clusterbook.clone());
+        let gram = codes_unit.dot(&codes_unit.t()).as_standard_layout().iter().copied().collect();
+        Ok(ConceptObjective {
+            adam: Adam::new(student.vars.clone(), config)?,
+            bank: ConceptBank::new(clusterbook.nrows(), options.projection_dim, options.bank_per_concept),
+            gram,
+            concepts: clusterbook.nrows(),
+            contrastive: ContrastiveOptions { temperature: options.temperature, positive: options.positive, negative: options.negative },
+            options: *options,
+            stage,
+            step: 0,
+            epoch_loss: 0.0,
+            epoch_steps: 0,
+            report: HeadReport { epoch_losses: Vec::new(), empty_steps: 0, bank_entries: 0 },
+        })
+    }
+
+    /// One step on `student_proj` (`[n, P]`, un-normalised) and the unit
+    /// `teacher_proj` of the same `n` tokens, whose clusterbook concepts
+    /// are `concepts`; `images` images contributed them.
+    pub(crate) fn step(
+        &mut self,
+        student: &Student,
+        teacher: &mut Teacher,
+        student_proj: &Tensor,
+        teacher_proj: &Tensor,
+        concepts: &[usize],
+        images: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<()> {
+        let (n, k) = (concepts.len(), self.concepts);
+        let gram = &self.gram;
+        let mut sim = vec![0f32; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                sim[i * n + j] = gram[concepts[i] * k + concepts[j]];
+            }
+        }
+        let own: Vec<usize> = (0..n).collect();
+        let mut terms = Vec::new();
+        if let Some(t) = concept_contrastive(student_proj, teacher_proj, &sim, Some(&own), images, &self.contrastive)? {
+            terms.push(t);
+        }
+        if self.options.bank_per_concept > 0 {
+            if let Some((keys, key_concepts)) = self.bank.sample(self.options.bank_sample, rng, &Device::Cpu)? {
+                let t_len = key_concepts.len();
+                let mut sim = vec![0f32; n * t_len];
+                for i in 0..n {
+                    let row = &gram[concepts[i] * k..(concepts[i] + 1) * k];
+                    for (j, &c) in key_concepts.iter().enumerate() {
+                        sim[i * t_len + j] = row[c];
+                    }
+                }
+                if let Some(t) = concept_contrastive(student_proj, &keys, &sim, None, images, &self.contrastive)? {
+                    terms.push(t);
+                }
+            }
+        }
+        let count: usize = terms.iter().map(|t| t.count).sum();
+        if count > 0 {
+            let mut total = terms[0].sum.clone();
+            for t in &terms[1..] {
+                total = (total + &t.sum)?;
+            }
+            let loss = total.affine(1.0 / count as f64, 0.0)?;
+            let value = check_finite(self.stage, self.step, loss.to_scalar::<f32>()?)?;
+            let norm = self.adam.step(&loss.backward()?)?;
+            check_finite(self.stage, self.step, norm as f32)?;
+            teacher.update(student, self.options.ema)?;
+            self.epoch_loss += value as f64;
+            self.epoch_steps += 1;
+        } else {
+            self.report.empty_steps += 1;
+        }
+        if self.options.bank_per_concept > 0 {
+            let projections = teacher_proj.flatten_all()?.to_vec1::<f32>()?;
+            self.bank.update(concepts, &projections, 0.5, rng);
+        }
+        self.step += 1;
+        Ok(())
+    }
+
+    /// Closes an epoch: records and logs its mean loss.
+    pub(crate) fn end_epoch(&mut self, epoch: usize, bar: &Progress) {
+        let mean = if self.epoch_steps > 0 { (self.epoch_loss / self.epoch_steps as f64) as f32 } else { f32::NAN };
+        self.report.epoch_losses.push(mean);
+        self.report.bank_entries = self.bank.len();
+        let (stage, entries) = (self.stage, self.bank.len());
+        bar.suspend(|| log::info!("{stage}: epoch {}: contrastive loss {mean:.4}, bank {entries} entries", epoch + 1));
+        (self.epoch_loss, self.epoch_steps) = (0.0, 0);
+    }
+}
+
 /// Trains the MLP head with the concept-wise contrastive loss against the
 /// EMA teacher and the concept bank; returns the teacher (used at inference,
 /// as in the reference).
@@ -113,29 +231,19 @@ pub fn train_head(set: &FeatureSet, clusterbook: &Array2<f32>, options: &HeadOpt
     let shape = HeadShape { input: dim, reduced: options.reduced_dim, projection: options.projection_dim };
     let student = Student::new(&init(shape, &mut rng, &device)?)?;
     let mut teacher = Teacher::from_student(&student)?;
-    let config = AdamConfig { lr: options.lr, weight_decay: options.weight_decay, clip_norm: Some(options.clip_norm), ..Default::default() };
-    let mut adam = Adam::new(student.vars.clone(), config)?;
-
+    let mut objective = ConceptObjective::new(&student, clusterbook, options, "head")?;
     let k = clusterbook.nrows();
     let codes_unit = l2_normalize_rows(clusterbook.clone());
-    let gram = codes_unit.dot(&codes_unit.t());
-    let gram = gram.as_slice().expect("standard layout");
-    let codes_t = Tensor::from_vec(codes_unit.t().to_owned().into_raw_vec_and_offset().0, (dim, k), &device)?;
-    let mut bank = ConceptBank::new(k, options.projection_dim, options.bank_per_concept);
-    let contrastive = ContrastiveOptions { temperature: options.temperature, positive: options.positive, negative: options.negative };
+    let codes_t = Tensor::from_vec(codes_unit.t().iter().copied().collect(), (dim, k), &device)?;
 
     let mut order: Vec<usize> = (0..set.len()).collect();
     let batch_size = options.batch.max(1);
     let mut bar = Progress::new(options.epochs * set.len().div_ceil(batch_size), "head");
-    let mut report = HeadReport { epoch_losses: Vec::new(), empty_steps: 0, bank_entries: 0 };
-    let mut step = 0;
     for epoch in 0..options.epochs {
         order.shuffle(&mut rng);
-        let (mut epoch_loss, mut epoch_steps) = (0f64, 0usize);
         for batch in order.chunks(batch_size) {
             // Same number of tokens per image, so blocks are equal.
             let samples: Vec<Array2<f32>> = batch.iter().map(|&i| grid_sample(&set.grids[i], options.window, &mut rng).0).collect();
-            let per_image = samples[0].nrows();
             let views: Vec<_> = samples.iter().map(|s| s.view()).collect();
             let tokens = ndarray::concatenate(ndarray::Axis(0), &views).expect("same width");
             let n = tokens.nrows();
@@ -150,64 +258,13 @@ pub fn train_head(set: &FeatureSet, clusterbook: &Array2<f32>, options: &HeadOpt
             let (s1, s2) = masks(&mut rng)?;
             let params = student.tensors();
             let student_proj = project(&params, &head_forward(&params, &x, Some((&s1, &s2)))?)?;
-
-            let mut sim = vec![0f32; n * n];
-            for i in 0..n {
-                for j in 0..n {
-                    sim[i * n + j] = gram[concepts[i] * k + concepts[j]];
-                }
-            }
-            let own: Vec<usize> = (0..n).collect();
-            let mut terms = Vec::new();
-            if let Some(t) = concept_contrastive(&student_proj, &teacher_proj, &sim, Some(&own), batch.len(), &contrastive)? {
-                terms.push(t);
-            }
-            if options.bank_per_concept > 0 {
-                if let Some((keys, key_concepts)) = bank.sample(options.bank_sample, &mut rng, &device)? {
-                    let t_len = key_concepts.len();
-                    let mut sim = vec![0f32; n * t_len];
-                    for i in 0..n {
-                        let row = &gram[concepts[i] * k..(concepts[i] + 1) * k];
-                        for (j, &c) in key_concepts.iter().enumerate() {
-                            sim[i * t_len + j] = row[c];
-                        }
-                    }
-                    if let Some(t) = concept_contrastive(&student_proj, &keys, &sim, None, batch.len(), &contrastive)? {
-                        terms.push(t);
-                    }
-                }
-            }
-            let count: usize = terms.iter().map(|t| t.count).sum();
-            if count > 0 {
-                let mut total = terms[0].sum.clone();
-                for t in &terms[1..] {
-                    total = (total + &t.sum)?;
-                }
-                let loss = total.affine(1.0 / count as f64, 0.0)?;
-                let value = check_finite("head", step, loss.to_scalar::<f32>()?)?;
-                let norm = adam.step(&loss.backward()?)?;
-                check_finite("head", step, norm as f32)?;
-                teacher.update(&student, options.ema)?;
-                epoch_loss += value as f64;
-                epoch_steps += 1;
-            } else {
-                report.empty_steps += 1;
-            }
-            if options.bank_per_concept > 0 {
-                let projections = teacher_proj.flatten_all()?.to_vec1::<f32>()?;
-                bank.update(&concepts, &projections, 0.5, &mut rng);
-            }
-            let _ = per_image;
-            step += 1;
+            objective.step(&student, &mut teacher, &student_proj, &teacher_proj, &concepts, batch.len(), &mut rng)?;
             bar.inc();
         }
-        let mean = if epoch_steps > 0 { (epoch_loss / epoch_steps as f64) as f32 } else { f32::NAN };
-        report.epoch_losses.push(mean);
-        bar.suspend(|| log::info!("head: epoch {}: contrastive loss {mean:.4}, bank {} entries", epoch + 1, bank.len()));
+        objective.end_epoch(epoch, &bar);
     }
     bar.finish();
-    report.bank_entries = bank.len();
-    Ok((super::head::to_runtime(&teacher.params)?, report))
+    Ok((super::head::to_runtime(&teacher.params)?, objective.report))
 }
 
 /// Settings of a whole CAUSE run.
@@ -221,6 +278,8 @@ pub struct CauseOptions {
     pub head: HeadOptions,
     /// Reuse the head of this CAUSE model directory instead of training one.
     pub head_from: Option<PathBuf>,
+    /// Head architecture to train.
+    pub arch: HeadKind,
     /// Number of concepts of the probe.
     pub concepts: usize,
     /// Probe method written into the model.
@@ -237,7 +296,7 @@ pub struct CauseResult {
     /// `[K, D]` clusterbook.
     pub clusterbook: Array2<f32>,
     /// The trained (or reused) head.
-    pub head: MlpHead,
+    pub head: Head,
     /// Head stage report (None when reused).
     pub head_report: Option<HeadReport>,
     /// Clusterbook stage report (None when reused).
@@ -284,7 +343,8 @@ pub fn run(set: &FeatureSet, options: &CauseOptions, compare_probes: bool) -> Re
     let mut seconds = Vec::new();
     let start = Instant::now();
     let (head, head_report, clusterbook, clusterbook_report) = if let Some(dir) = &options.head_from {
-        let head = MlpHead::load(&dir.join("head")).map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let model = crate::model::Model::load(dir).map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let head = model.head.ok_or_else(|| TrainError::Invalid(format!("{}: not a CAUSE model (it has no head)", dir.display())))?;
         let clusterbook = read_clusterbook(&dir.join("clusterbook.npy"))?;
         (head, None, clusterbook, None)
     } else {
@@ -297,24 +357,37 @@ pub fn run(set: &FeatureSet, options: &CauseOptions, compare_probes: bool) -> Re
         };
         seconds.push(("clusterbook", start.elapsed().as_secs_f64()));
         let start = Instant::now();
-        let (head, head_report) = train_head(set, &clusterbook, &options.head)?;
+        let (head, head_report) = match options.arch {
+            HeadKind::Mlp => {
+                let (head, report) = train_head(set, &clusterbook, &options.head)?;
+                (Head::Mlp(head), report)
+            }
+            HeadKind::Tr => {
+                let (head, report) = super::tr::train_tr_head(set, &clusterbook, &options.head)?;
+                (Head::Tr(head), report)
+            }
+        };
         seconds.push(("head", start.elapsed().as_secs_f64()));
         (head, Some(head_report), clusterbook, report)
     };
     let mut head = head;
+    let mut features = head_features(set, &head)?;
     if options.center {
-        let mean = mean_head_feature(set, &head);
-        head.f1.bias -= &mean;
+        let mean = mean_token(&features);
+        head.projection_mut().f1.bias -= &mean;
+        for grid in &mut features.grids {
+            *grid -= &mean;
+        }
     }
     let start = Instant::now();
     let mut probes = Vec::new();
     let mut probe_report = None;
     if options.probe == ProbeKind::Kmeans || compare_probes {
-        probes.push((ProbeKind::Kmeans, kmeans_probe(set, Some(&head), options.concepts, options.head.seed)?));
+        probes.push((ProbeKind::Kmeans, kmeans_probe(&features, options.concepts, options.head.seed)?));
     }
     if options.probe == ProbeKind::Modularity || compare_probes {
         let probe_options = ModularityOptions { codes: options.concepts, ..options.probe_modularity };
-        let (p, r) = modularity_probe(set, Some(&head), &probe_options)?;
+        let (p, r) = modularity_probe(&features, &probe_options)?;
         log::info!("modularity probe: {} of {} concepts used", r.used_codes, options.concepts);
         probes.push((ProbeKind::Modularity, p));
         probe_report = Some(r);
@@ -323,46 +396,13 @@ pub fn run(set: &FeatureSet, options: &CauseOptions, compare_probes: bool) -> Re
     Ok(CauseResult { clusterbook, head, head_report, clusterbook_report, probes, probe_report, seconds })
 }
 
-/// Mean backbone token over every token of `set`.
-pub fn mean_token(set: &FeatureSet) -> ndarray::Array1<f32> {
-    let dim = set.grids.first().map_or(0, |g| g.dim().2);
-    let mut sum = ndarray::Array1::<f64>::zeros(dim);
+/// Mean token over every grid of `features`.
+fn mean_token(features: &FeatureSet) -> ndarray::Array1<f32> {
+    let mut sum = ndarray::Array1::<f64>::zeros(features.grids.first().map_or(0, |g| g.dim().2));
     let mut count = 0usize;
-    for i in 0..set.len() {
-        for row in set.tokens(i).rows() {
-            sum.zip_mut_with(&row, |s, &v| *s += v as f64);
-        }
-        count += set.tokens(i).nrows();
-    }
-    (sum / count.max(1) as f64).mapv(|v| v as f32)
-}
-
-/// Subtracts `mean` from every token of `set`.
-pub fn subtract_mean(set: &mut FeatureSet, mean: &ndarray::Array1<f32>) {
-    for grid in &mut set.grids {
-        for mut token in grid.lanes_mut(ndarray::Axis(2)) {
-            token -= mean;
-        }
-    }
-}
-
-/// Makes a head trained on `x - mean` accept raw `x`: the first layers'
-/// biases absorb `-W mean`.
-pub fn fold_input_mean(head: &mut MlpHead, mean: &ndarray::Array1<f32>) {
-    head.f1.bias -= &head.f1.weight.dot(mean);
-    head.f2a.bias -= &head.f2a.weight.dot(mean);
-}
-
-/// Mean head feature over every token of `set`.
-pub fn mean_head_feature(set: &FeatureSet, head: &MlpHead) -> ndarray::Array1<f32> {
-    let mut sum = ndarray::Array1::<f64>::zeros(head.output_dim());
-    let mut count = 0usize;
-    for i in 0..set.len() {
-        let out = head.forward(set.tokens(i));
-        for row in out.rows() {
-            sum.zip_mut_with(&row, |s, &v| *s += v as f64);
-        }
-        count += out.nrows();
+    for i in 0..features.len() {
+        sum += &features.tokens(i).sum_axis(ndarray::Axis(0)).mapv(f64::from);
+        count += features.tokens(i).nrows();
     }
     (sum / count.max(1) as f64).mapv(|v| v as f32)
 }
@@ -404,7 +444,7 @@ pub fn save_npy(path: &Path, array: &Array2<f32>) -> std::result::Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::Rng;
+    use crate::train::data::blob_set;
 
     #[test]
     fn atomic_write_leaves_nothing_on_failure() {
@@ -424,41 +464,9 @@ mod tests {
         assert!(!out.join("model.toml").exists() && out.join("other").exists());
     }
 
-    fn blob_set(images: usize, seed: u64) -> FeatureSet {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let centres = [[1.0f32, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]];
-        let grids = (0..images)
-            .map(|_| {
-                let split = rng.random_range(1..7);
-                ndarray::Array3::from_shape_fn((8, 8, 4), |(r, c, d)| {
-                    let which = if r < split { 0 } else if c < 4 { 1 } else { 2 };
-                    centres[which][d] + rng.random_range(-0.2..0.2)
-                })
-            })
-            .collect();
-        FeatureSet::from_grids(grids)
-    }
-
-    #[test]
-    fn folding_the_input_mean_matches_centred_inputs() {
-        let set = blob_set(1, 7);
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let params = init(HeadShape { input: 4, reduced: 3, projection: 2 }, &mut rng, &Device::Cpu).unwrap();
-        let head = super::super::head::to_runtime(&params).unwrap();
-        let mean = mean_token(&set);
-        let mut centred = FeatureSet::from_grids(set.grids.clone());
-        subtract_mean(&mut centred, &mean);
-        let mut folded = head.clone();
-        fold_input_mean(&mut folded, &mean);
-        let a = head.forward(centred.tokens(0));
-        let b = folded.forward(set.tokens(0));
-        assert!(a.iter().zip(b.iter()).all(|(x, y)| (x - y).abs() < 1e-4));
-        assert!(mean_token(&centred).iter().all(|v| v.abs() < 1e-5));
-    }
-
     #[test]
     fn head_training_runs_and_is_seeded() {
-        let set = blob_set(6, 3);
+        let set = blob_set(6, 8, 3);
         let clusterbook = l2_normalize_rows(ndarray::array![[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]);
         let options = HeadOptions { epochs: 2, batch: 3, reduced_dim: 3, projection_dim: 8, window: 2, bank_sample: 64, ..Default::default() };
         let (a, report) = train_head(&set, &clusterbook, &options).unwrap();
@@ -473,7 +481,7 @@ mod tests {
 
     #[test]
     fn nan_loss_is_a_clear_error() {
-        let mut set = blob_set(2, 4);
+        let mut set = blob_set(2, 8, 4);
         set.grids[0][[0, 0, 0]] = f32::NAN;
         let clusterbook = l2_normalize_rows(ndarray::array![[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]);
         let options = ModularityOptions { codes: 2, epochs: 1, batch: 2, window: 1, ..Default::default() };

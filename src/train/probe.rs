@@ -10,7 +10,7 @@ use super::modularity::{init_from_tokens, train_modularity, ModularityOptions, M
 use super::{Result, TrainError};
 use crate::fit::kmeans::{spherical_kmeans, KMeansOptions};
 use crate::model::l2_normalize_rows;
-use crate::pipeline::head::MlpHead;
+use crate::pipeline::head::Head;
 
 /// How the probe is fitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -22,51 +22,35 @@ pub enum ProbeKind {
     Modularity,
 }
 
-/// Head features (or raw features without a head) of every token of
-/// every image, `[tokens, R]`, unit-norm rows.
-pub fn all_features(set: &FeatureSet, head: Option<&MlpHead>) -> Array2<f32> {
-    let parts: Vec<Array2<f32>> = (0..set.len())
-        .map(|i| match head {
-            Some(h) => h.forward(set.tokens(i)),
-            None => set.tokens(i).to_owned(),
-        })
-        .collect();
-    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+/// The head features `[rows, cols, R]` of every grid of `set` (the
+/// probes are fitted on these).
+pub fn head_features(set: &FeatureSet, head: &Head) -> Result<FeatureSet> {
+    let grids = set.grids.iter().map(|g| head.apply(g.view())).collect::<std::result::Result<Vec<_>, _>>();
+    let grids = grids.map_err(|e| TrainError::Invalid(e.to_string()))?;
+    Ok(FeatureSet { grids, paths: set.paths.clone(), skipped: set.skipped })
+}
+
+/// Every token of every grid of `features`, `[tokens, R]`, unit-norm rows.
+pub fn all_tokens(features: &FeatureSet) -> Array2<f32> {
+    let views: Vec<_> = (0..features.len()).map(|i| features.tokens(i)).collect();
     l2_normalize_rows(ndarray::concatenate(Axis(0), &views).expect("same width"))
 }
 
-/// Spherical k-means probe with `k` concepts.
-pub fn kmeans_probe(set: &FeatureSet, head: Option<&MlpHead>, k: usize, seed: u64) -> Result<Array2<f32>> {
-    let features = all_features(set, head);
-    if features.nrows() < k {
-        return Err(TrainError::TooLittleData(format!("{} tokens for {k} concepts", features.nrows())));
+/// Spherical k-means probe with `k` concepts on the tokens of `features`
+/// (head features, or backbone features for the k-means baseline).
+pub fn kmeans_probe(features: &FeatureSet, k: usize, seed: u64) -> Result<Array2<f32>> {
+    let tokens = all_tokens(features);
+    if tokens.nrows() < k {
+        return Err(TrainError::TooLittleData(format!("{} tokens for {k} concepts", tokens.nrows())));
     }
     let options = KMeansOptions { k, max_iterations: 100, restarts: 3, seed };
-    Ok(spherical_kmeans(features.view(), &options).centroids)
+    Ok(spherical_kmeans(tokens.view(), &options).centroids)
 }
 
-/// Modularity probe with `options.codes` concepts, started from sampled head
-/// features.
-pub fn modularity_probe(set: &FeatureSet, head: Option<&MlpHead>, options: &ModularityOptions) -> Result<(Array2<f32>, ModularityReport)> {
+/// Modularity probe with `options.codes` concepts on the tokens of
+/// `features`, started from sampled tokens.
+pub fn modularity_probe(features: &FeatureSet, options: &ModularityOptions) -> Result<(Array2<f32>, ModularityReport)> {
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ 0x9e37_79b9);
-    let transform = |x: &Array2<f32>| match head {
-        Some(h) => h.forward(x.view()),
-        None => x.clone(),
-    };
-    // Sample initial vectors among head features of the images.
-    let mapped = match head {
-        Some(h) => FeatureSet::from_grids(
-            set.grids
-                .iter()
-                .map(|g| {
-                    let (r, c, _) = g.dim();
-                    h.apply(g.view()).into_shape_with_order((r, c, h.output_dim())).expect("same count")
-                })
-                .collect(),
-        ),
-        None => FeatureSet::from_grids(set.grids.clone()),
-    };
-    let init = init_from_tokens(&mapped, options.codes, &mut rng)?;
-    drop(mapped);
-    train_modularity(set, &transform, init, options, "probe")
+    let init = init_from_tokens(features, options.codes, &mut rng)?;
+    train_modularity(features, &|x| x.clone(), init, options, "probe")
 }
