@@ -108,3 +108,37 @@ fn fused_graph_agrees_with_the_candle_head() {
         assert!(fraction >= 0.999, "only {:.3} % of patches agree", 100.0 * fraction);
     }
 }
+
+/// ONNX Runtime runs the same fused file to the same labels as tract.
+#[cfg(feature = "ort")]
+#[test]
+fn onnxruntime_runs_the_fused_graph_like_tract() {
+    if common::backbone().is_none() {
+        return;
+    }
+    let Some(images) = val_images() else { return };
+    if std::env::var_os("ORT_DYLIB_PATH").is_none() {
+        let message = "ORT_DYLIB_PATH is not set (tests/run.sh installs onnxruntime and sets it)";
+        assert!(!common::strict(), "{message}");
+        eprintln!("SKIPPED: {message}");
+        return;
+    }
+    let cache = common::cache_dir();
+    let model = Model::load(&default_cause_model()).unwrap();
+    let reference = &model.manifest.backbone;
+    let graph = fused::fused_graph(&model, &backbone::resolve(reference, &cache).unwrap(), &cache).unwrap();
+    let load = |backend| FeatureExtractor::load(graph.clone(), model.num_concepts(), reference.patch_size, &model.manifest.input, backend).unwrap();
+    let (mut tract, mut ort) = (load(Backend::Tract), load(Backend::Ort));
+    let (mut same, mut total, mut max_abs) = (0usize, 0usize, 0f32);
+    for path in images.iter().take(4) {
+        let image = decode_file(path).unwrap();
+        let (a, ..) = tract.features(&image, "val").unwrap();
+        let (b, ..) = ort.features(&image, "val").unwrap();
+        max_abs = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(max_abs, f32::max);
+        let (a, b) = (argmax_rows(&flat(a)), argmax_rows(&flat(b)));
+        same += a.iter().zip(&b).filter(|(x, y)| x == y).count();
+        total += a.len();
+    }
+    eprintln!("onnxruntime vs tract on the fused graph: {same} of {total} patch labels agree, max abs score diff {max_abs:.2e}");
+    assert!(same as f64 >= 0.999 * total as f64, "{same} of {total}");
+}

@@ -166,13 +166,53 @@ mod trained {
         assert!(!out.exists());
     }
 
+    /// CAUSE-TR on whitened tokens with five-crop training, on the sample
+    /// images (which have four different sizes): the model directory, the
+    /// runtime's fused graph, and `models export`.
     #[test]
-    fn tr_head_is_refused_clearly() {
+    fn tr_head_with_whitening_and_five_crops() {
+        if common::backbone().is_none() {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("model");
-        let output = fit(&common::sample_images(), &out, &["--head", "tr"]);
+        let images = common::sample_images();
+        let model = dir.path().join("tr");
+        let output = fit(&images, &model, &["--head", "tr", "--whiten", "8", "--five-crop", "--seed", "1"]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        for file in ["head/codes.npy", "head/pos.npy", "head/input_weight.npy", "head/mlp/f1_weight.npy", "input_mean.npy", "input_projection.npy"] {
+            assert!(model.join(file).is_file(), "{file} missing");
+        }
+        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(model.join("training.json")).unwrap()).unwrap();
+        assert_eq!(report["five_crop"], true);
+        assert_eq!(report["images"], 4);
+        assert_eq!(report["input_transform"]["dims"], 8);
+        let clusterbook: ndarray::Array2<f32> = ndarray_npy::read_npy(model.join("clusterbook.npy")).unwrap();
+        assert_eq!(clusterbook.dim(), (32, 8), "the clusterbook lives in the whitened space");
+        let loaded = causeseg::model::Model::load(&model).unwrap();
+        assert_eq!(loaded.head.as_ref().map(|h| (h.kind(), h.input_dim())), Some((causeseg::pipeline::head::HeadKind::Tr, 384)));
+
+        let out = dir.path().join("out");
+        let image = images.join("rocket.jpg");
+        let output = causeseg(&["segment", image.to_str().unwrap(), "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--visualize", "labels"]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let labels = image::open(out.join("rocket_labels.png")).unwrap().into_luma8();
+        assert_eq!(labels.dimensions(), image::image_dimensions(&image).unwrap(), "labels at the image's own size");
+        assert!(labels.pixels().all(|p| p.0[0] < 3));
+
+        let onnx = dir.path().join("fused.onnx");
+        let output = causeseg(&["models", "export", "--model", model.to_str().unwrap(), "--out", onnx.to_str().unwrap()]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let graph = causeseg::onnx::read_model(&onnx).unwrap().graph.unwrap();
+        let outputs: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(outputs, ["concept_scores", "concept_ids"]);
+
+        // The TR head's positional embedding fixes the grid: another size is a clear error.
+        let source = images.to_str().unwrap();
+        let output = causeseg(&["run", "--model", model.to_str().unwrap(), "--source", source, "--max-frames", "1", "--size", "448x336"]);
+        common::assert_clean_error(&output, "trained on a 12x16 patch grid (224x168 pixels); it cannot run at 448x336");
+
+        let output = fit(&images, &dir.path().join("bad"), &["--whiten", "999"]);
         assert!(!output.status.success());
-        assert!(stderr(&output).contains("--head tr is not implemented"), "{}", stderr(&output));
-        assert!(!out.exists());
+        assert!(stderr(&output).contains("--whiten 999 exceeds the feature dimension 384"), "{}", stderr(&output));
     }
 }

@@ -8,12 +8,14 @@ use sha2::{Digest, Sha256};
 
 use super::{Model, ModelError};
 use crate::onnx;
+use crate::pipeline::head::Head;
 
 /// The fused graph of `model` on the backbone file `backbone`: read from
 /// `<cache>/fused/` when an identical one was built before, else built
 /// and stored there. The file name carries a hash of the backbone and every
 /// trained tensor, so retraining a model never picks up a stale graph.
 pub fn fused_graph(model: &Model, backbone: &Path, cache: &Path) -> Result<PathBuf, ModelError> {
+    check_input_size(model)?;
     let dir = cache.join("fused");
     let path = dir.join(format!("{}-{}.onnx", model.manifest.name, &content_hash(model)?[..16]));
     if path.is_file() {
@@ -25,8 +27,30 @@ pub fn fused_graph(model: &Model, backbone: &Path, cache: &Path) -> Result<PathB
     Ok(path)
 }
 
+/// Fails when the model's input size does not give the patch grid a TR
+/// head was trained on (its positional embedding is one vector per patch).
+fn check_input_size(model: &Model) -> Result<(), ModelError> {
+    let Some(Head::Tr(head)) = &model.head else { return Ok(()) };
+    let input = &model.manifest.input;
+    let patch = model.manifest.backbone.patch_size;
+    let (rows, cols) = head.grid;
+    if ((input.height / patch) as usize, (input.width / patch) as usize) == (rows, cols) {
+        return Ok(());
+    }
+    Err(ModelError::FixedInputSize {
+        name: model.manifest.name.clone(),
+        rows,
+        cols,
+        width: cols * patch as usize,
+        height: rows * patch as usize,
+        asked_width: input.width,
+        asked_height: input.height,
+    })
+}
+
 /// Writes the fused graph of `model` on `backbone` to `out`.
 pub fn export(model: &Model, backbone: &Path, out: &Path) -> Result<(), ModelError> {
+    check_input_size(model)?;
     let graph = onnx::read_model(backbone)?;
     let fused = onnx::fuse::fuse(&graph, model.head.as_ref(), &model.centroids)?;
     onnx::write_model(&fused, out)?;

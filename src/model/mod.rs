@@ -34,6 +34,9 @@ pub enum ModelError {
     /// Reading or writing failed.
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// A TR head's positional embedding fixes the input size.
+    #[error("model {name} has a TR head trained on a {rows}x{cols} patch grid ({width}x{height} pixels); it cannot run at {asked_width}x{asked_height} (drop --size, or use an MLP-head model)")]
+    FixedInputSize { name: String, rows: usize, cols: usize, width: usize, height: usize, asked_width: u32, asked_height: u32 },
     /// Building the fused inference graph failed.
     #[error(transparent)]
     Onnx(#[from] crate::onnx::OnnxError),
