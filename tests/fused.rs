@@ -35,7 +35,7 @@ fn val_images() -> Option<Vec<PathBuf>> {
 
 /// Head features `[rows * cols, R]` of a backbone feature grid, computed
 /// piece by piece.
-type HeadFn = dyn Fn(&Model, &Array3<f32>) -> Array2<f32>;
+type HeadFn<'a> = dyn Fn(&Model, &Array3<f32>) -> Array2<f32> + 'a;
 
 /// A grid `[rows, cols, C]` as rows of tokens `[rows * cols, C]`.
 fn flat(grid: Array3<f32>) -> Array2<f32> {
@@ -44,7 +44,7 @@ fn flat(grid: Array3<f32>) -> Array2<f32> {
 }
 
 /// Patch argmax agreement between the fused graph and `head` + probe.
-fn agreement(model_dir: &Path, head: &HeadFn) -> Option<f64> {
+fn agreement(model_dir: &Path, head: &HeadFn<'_>) -> Option<f64> {
     common::backbone()?;
     let images = val_images()?;
     let cache = common::cache_dir();
@@ -90,17 +90,28 @@ fn fused_graph_agrees_with_raw_kmeans_scoring() {
     }
 }
 
+/// The head exactly as training runs it: candle's forward on the trained
+/// parameters (the whitening, folded into the saved head, applied first).
 #[cfg(feature = "train")]
 #[test]
 fn fused_graph_agrees_with_the_candle_head() {
     use candle_core::{Device, Tensor};
     use causeseg::pipeline::head::Head;
+    use causeseg::train::{head as mlp, tr};
+    let device = Device::Cpu;
+    let tensor = |a: &Array2<f32>| Tensor::from_vec(a.iter().copied().collect(), a.dim(), &device).unwrap();
     let candle_head = |model: &Model, grid: &Array3<f32>| {
-        let Some(Head::Mlp(mlp)) = model.head.as_ref() else { panic!("the default CAUSE model has an MLP head") };
-        let params = causeseg::train::head::from_runtime(mlp, &Device::Cpu).unwrap();
         let tokens = flat(grid.clone());
-        let x = Tensor::from_vec(tokens.iter().copied().collect(), tokens.dim(), &Device::Cpu).unwrap();
-        let out = causeseg::train::head::head_forward(&params, &x, None).unwrap();
+        let out = match model.head.as_ref().expect("CAUSE model") {
+            Head::Mlp(head) => mlp::head_forward(&mlp::from_runtime(head, &device).unwrap(), &tensor(&tokens), None).unwrap(),
+            Head::Tr(head) => {
+                let x = head.input.as_ref().map_or(tokens.clone(), |input| input.forward(tokens.view()));
+                let ids: Vec<u32> = causeseg::pipeline::tr_head::nearest_codes(x.view(), head.codes.view()).into_iter().map(|i| i as u32).collect();
+                let ids = Tensor::from_vec(ids, x.nrows(), &device).unwrap();
+                let x = tensor(&x).unsqueeze(0).unwrap();
+                tr::tr_forward(&tr::from_runtime(head, &device).unwrap(), &tensor(&head.codes), &x, &ids, None).unwrap()
+            }
+        };
         let (n, r) = out.dims2().unwrap();
         Array2::from_shape_vec((n, r), out.flatten_all().unwrap().to_vec1::<f32>().unwrap()).unwrap()
     };

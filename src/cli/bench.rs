@@ -28,7 +28,7 @@ pub struct BenchArgs {
     /// Images to cycle through [default: the bundled samples].
     #[arg(long)]
     images: Option<PathBuf>,
-    /// Model directory [default: models/camvid-kmeans].
+    /// Model directory [default: models/camvid-cause].
     #[arg(long)]
     model: Option<PathBuf>,
     /// Backends to compare, comma-separated (ort/cuda/tensorrt need --features ort).

@@ -52,7 +52,7 @@ enum Command {
 /// Options shared by every command that runs a model.
 #[derive(Debug, clap::Args)]
 struct ModelArgs {
-    /// Model directory [default: the model shipped in models/camvid-kmeans].
+    /// Model directory [default: the model shipped in models/camvid-cause].
     #[arg(long, env = "CAUSESEG_MODEL")]
     model: Option<PathBuf>,
     /// Inference backend.

@@ -14,7 +14,7 @@ pub use manifest::Manifest;
 
 /// The model directory used when no `--model` is given: the default model
 /// shipped in this repository's `models/`.
-pub const DEFAULT_MODEL_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/camvid-kmeans");
+pub const DEFAULT_MODEL_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/camvid-cause");
 
 /// Errors while loading or saving a model directory.
 #[derive(Debug, thiserror::Error)]

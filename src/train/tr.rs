@@ -181,6 +181,32 @@ pub fn to_runtime(params: &[Tensor], codes: &Array2<f32>, grid: (usize, usize)) 
     })
 }
 
+/// The parameters of a runtime TR head as tensors, in [`init`]'s order
+/// without the projection (enough for [`tr_forward`]); its input
+/// transform, if any, is not included: apply it to the tokens first.
+pub fn from_runtime(head: &TrHead, device: &Device) -> candle_core::Result<Vec<Tensor>> {
+    let matrix = |a: &Array2<f32>| Tensor::from_vec(a.iter().copied().collect(), a.dim(), device);
+    let vector = |a: &Array1<f32>| Tensor::from_vec(a.to_vec(), a.len(), device);
+    let mut out = Vec::with_capacity(PARAMETERS);
+    for attention in [&head.self_attn, &head.cross_attn] {
+        for layer in [&attention.q, &attention.k, &attention.v, &attention.out] {
+            out.push(matrix(&layer.weight)?);
+            out.push(vector(&layer.bias)?);
+        }
+    }
+    for layer in [&head.ffn1, &head.ffn2] {
+        out.push(matrix(&layer.weight)?);
+        out.push(vector(&layer.bias)?);
+    }
+    for norm in [&head.norm1, &head.norm2, &head.norm3] {
+        out.push(vector(&norm.gamma)?);
+        out.push(vector(&norm.beta)?);
+    }
+    out.push(matrix(&head.pos)?);
+    out.extend(head::from_runtime(&head.mlp, device)?);
+    Ok(out)
+}
+
 /// Trains the TR head on `set` (whole images of one grid) with the fixed
 /// `clusterbook [K, D]`, exactly as [`train_head`](super::pipeline::train_head)
 /// trains the MLP head (same options, loss, bank, EMA teacher and report),
