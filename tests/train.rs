@@ -11,17 +11,18 @@ fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// The committed CAUSE model loads with the runtime (no `train` feature
-/// needed): MLP head 384 -> 90, 11 concepts in the head's space.
+/// The committed default CAUSE model loads with the runtime (no `train`
+/// feature needed): TR head 384 -> 90 on 32-d whitened tokens, 11 concepts
+/// in the head's space.
 #[test]
 fn committed_cause_model_loads() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/camvid-cause");
     let model = causeseg::model::Model::load(&dir).unwrap();
     let head = model.head.as_ref().expect("a CAUSE model has a head");
-    assert_eq!((head.input_dim(), head.output_dim()), (384, 90));
+    assert_eq!((head.kind(), head.input_dim(), head.output_dim()), (causeseg::pipeline::head::HeadKind::Tr, 384, 90));
     assert_eq!(model.centroids.dim(), (11, 90));
     let clusterbook: ndarray::Array2<f32> = ndarray_npy::read_npy(dir.join("clusterbook.npy")).unwrap();
-    assert_eq!(clusterbook.dim(), (2048, 384));
+    assert_eq!(clusterbook.dim(), (2048, 32));
 }
 
 #[cfg(not(feature = "train"))]

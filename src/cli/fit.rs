@@ -428,8 +428,14 @@ mod cause {
             let (width, height) = (cx.input.width, cx.input.height);
             let sources: Vec<String> = cx.sources.iter().map(|d| d.display().to_string()).collect();
             let description = format!(
-                "CAUSE-{:?}: clusterbook {} x {}, head {} -> {}, {:?} probe with {} concepts, seed {}, on {} images from {} at {width}x{height}",
-                result.head.kind(),
+                "CAUSE-{}{}{}: clusterbook {} x {}, head {} -> {}, {:?} probe with {} concepts, seed {}, on {} images from {} at {width}x{height}",
+                format!("{:?}", result.head.kind()).to_uppercase(),
+                match &transform {
+                    Some((t, r)) if t.projection.is_some() => format!(" on tokens whitened to {} dims", r.dims),
+                    Some(_) => " on centred tokens".to_string(),
+                    None => String::new(),
+                },
+                if args.five_crop { " with five-crop training" } else { "" },
                 result.clusterbook.nrows(),
                 result.clusterbook.ncols(),
                 dim,
