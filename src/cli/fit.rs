@@ -398,26 +398,26 @@ mod cause {
                 };
                 let labels: Vec<PathBuf> =
                     val.paths.iter().map(|p| pairs.iter().find(|(i, _)| i == p).expect("paired").1.clone()).collect();
-                let data = LabelledFeatures::new(val, flipped, &labels)?;
+                let data = LabelledFeatures::new(val, flipped, &labels, args.val_classes, args.val_ignore)?;
                 let patch = cx.reference.patch_size;
                 let flips: &[bool] = if args.val_flip { &[false, true] } else { &[false] };
                 if let Some(probe) = &baseline {
                     for &flip in flips {
-                        let m = evaluate(&data, None, probe, flip, cx.input, patch, args.val_classes, args.val_ignore)?;
+                        let m = evaluate(&data, None, probe, flip, cx.input, patch)?;
                         log::info!("val: raw-feature k-means baseline, flip {flip}: mIoU {:.2} %, pixel accuracy {:.2} %", m.miou, m.pixel_accuracy);
                         measured.push(json!({"probe": "baseline-kmeans-raw", "flip": flip, "miou": m.miou, "pixel_accuracy": m.pixel_accuracy}));
                     }
                 }
                 if let Some((head, probe)) = &transformed_baseline {
                     for &flip in flips {
-                        let m = evaluate(&data, Some(head), probe, flip, cx.input, patch, args.val_classes, args.val_ignore)?;
+                        let m = evaluate(&data, Some(head), probe, flip, cx.input, patch)?;
                         log::info!("val: k-means on transformed features, flip {flip}: mIoU {:.2} %, pixel accuracy {:.2} %", m.miou, m.pixel_accuracy);
                         measured.push(json!({"probe": "baseline-kmeans-transformed", "flip": flip, "miou": m.miou, "pixel_accuracy": m.pixel_accuracy}));
                     }
                 }
                 for (kind, probe) in &result.probes {
                     for &flip in flips {
-                        let m = evaluate(&data, Some(&result.head), probe, flip, cx.input, patch, args.val_classes, args.val_ignore)?;
+                        let m = evaluate(&data, Some(&result.head), probe, flip, cx.input, patch)?;
                         log::info!("val: probe {kind:?}, flip {flip}: mIoU {:.2} %, pixel accuracy {:.2} %", m.miou, m.pixel_accuracy);
                         measured.push(json!({"probe": kind, "flip": flip, "miou": m.miou, "pixel_accuracy": m.pixel_accuracy, "per_class_iou": m.per_class_iou}));
                     }

@@ -35,6 +35,9 @@ pub enum HeadKind {
 }
 
 /// A trained segmentation head of either architecture.
+// One head per model: the variants' size difference (array headers only,
+// the weights live on the heap) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Head {
     /// CAUSE-MLP.

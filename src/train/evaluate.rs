@@ -28,11 +28,16 @@ pub struct LabelledFeatures {
     pub labels: Vec<GrayImage>,
     /// Source image sizes, same order.
     pub sizes: Vec<(u32, u32)>,
+    /// Number of classes in the labels.
+    pub classes: usize,
+    /// Label value left out of the metrics.
+    pub ignore: Option<u8>,
 }
 
 impl LabelledFeatures {
-    /// Pairs feature sets with label files (`labels[i]` for `set.paths[i]`).
-    pub fn new(set: FeatureSet, flipped: Option<FeatureSet>, label_paths: &[PathBuf]) -> Result<Self> {
+    /// Pairs feature sets with label files (`labels[i]` for `set.paths[i]`)
+    /// holding `classes` class ids, `ignore` left out of the metrics.
+    pub fn new(set: FeatureSet, flipped: Option<FeatureSet>, label_paths: &[PathBuf], classes: usize, ignore: Option<u8>) -> Result<Self> {
         let mut labels = Vec::new();
         let mut sizes = Vec::new();
         for (image, label) in set.paths.iter().zip(label_paths) {
@@ -48,7 +53,7 @@ impl LabelledFeatures {
                 return Err(TrainError::Invalid("mirrored features do not match the images".into()));
             }
         }
-        Ok(LabelledFeatures { set, flipped, labels, sizes })
+        Ok(LabelledFeatures { set, flipped, labels, sizes, classes, ignore })
     }
 }
 
@@ -73,9 +78,8 @@ pub fn evaluate(
     flip: bool,
     input: &InputSpec,
     patch: u32,
-    classes: usize,
-    ignore: Option<u8>,
 ) -> Result<Metrics> {
+    let (classes, ignore) = (data.classes, data.ignore);
     let probe = l2_normalize_rows(probe.clone());
     let preprocessor = Preprocessor::new(input.width, input.height, patch, input.mean, input.std, input.resize);
     let mut confusion = Confusion::new(probe.nrows(), classes);

@@ -12,6 +12,7 @@
 //!    against in-batch teacher tokens and the concept bank.
 //! 3. [`probe`]: N concept vectors on the head's features, by spherical
 //!    k-means or by the modularity loss.
+//!
 //! [`evaluate`] measures a trained head + probe on labelled images (labels
 //! are only read there, never by a training stage). [`pipeline`] runs every
 //! stage and writes the model directory.

@@ -100,6 +100,18 @@ fn nearest(x_unit: &Tensor, codes_unit_t: &Tensor) -> candle_core::Result<Vec<us
     Ok(x_unit.matmul(codes_unit_t)?.argmax(D::Minus1)?.to_vec1::<u32>()?.into_iter().map(|c| c as usize).collect())
 }
 
+/// The projections of one step's sampled tokens.
+pub(crate) struct Projections<'a> {
+    /// Student projections `[n, P]`, un-normalised.
+    pub student: &'a Tensor,
+    /// Teacher projections `[n, P]`, unit rows.
+    pub teacher: &'a Tensor,
+    /// Clusterbook concept of each of the `n` tokens.
+    pub concepts: &'a [usize],
+    /// Images the tokens came from.
+    pub images: usize,
+}
+
 /// The optimisation shared by both head architectures: the concept-wise
 /// contrastive loss of student projections against teacher projections
 /// (in-batch and from the concept bank), the Adam step, the EMA update of
@@ -142,19 +154,9 @@ impl ConceptObjective {
         })
     }
 
-    /// One step on `student_proj` (`[n, P]`, un-normalised) and the unit
-    /// `teacher_proj` of the same `n` tokens, whose clusterbook concepts
-    /// are `concepts`; `images` images contributed them.
-    pub(crate) fn step(
-        &mut self,
-        student: &Student,
-        teacher: &mut Teacher,
-        student_proj: &Tensor,
-        teacher_proj: &Tensor,
-        concepts: &[usize],
-        images: usize,
-        rng: &mut ChaCha8Rng,
-    ) -> Result<()> {
+    /// One step on `batch`, then the EMA update of `teacher`.
+    pub(crate) fn step(&mut self, student: &Student, teacher: &mut Teacher, batch: Projections, rng: &mut ChaCha8Rng) -> Result<()> {
+        let Projections { student: student_proj, teacher: teacher_proj, concepts, images } = batch;
         let (n, k) = (concepts.len(), self.concepts);
         let gram = &self.gram;
         let mut sim = vec![0f32; n * n];
@@ -258,7 +260,8 @@ pub fn train_head(set: &FeatureSet, clusterbook: &Array2<f32>, options: &HeadOpt
             let (s1, s2) = masks(&mut rng)?;
             let params = student.tensors();
             let student_proj = project(&params, &head_forward(&params, &x, Some((&s1, &s2)))?)?;
-            objective.step(&student, &mut teacher, &student_proj, &teacher_proj, &concepts, batch.len(), &mut rng)?;
+            let projections = Projections { student: &student_proj, teacher: &teacher_proj, concepts: &concepts, images: batch.len() };
+            objective.step(&student, &mut teacher, projections, &mut rng)?;
             bar.inc();
         }
         objective.end_epoch(epoch, &bar);

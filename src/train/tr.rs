@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::data::{grid_sample, FeatureSet};
 use super::head::{self, dropout_mask, head_forward, project, HeadShape, Student, Teacher};
-use super::pipeline::{ConceptObjective, HeadOptions, HeadReport};
+use super::pipeline::{ConceptObjective, HeadOptions, HeadReport, Projections};
 use super::{normalize_rows, Result, TrainError};
 use crate::pipeline::head::Linear;
 use crate::pipeline::tr_head::{nearest_codes, Attention, LayerNorm, TrHead, LAYER_NORM_EPS};
@@ -265,7 +265,8 @@ pub fn train_tr_head(set: &FeatureSet, clusterbook: &Array2<f32>, options: &Head
             let student_out = tr_forward(&params, &codes, &x, &ids, Some((&s1, &s2)))?.index_select(&picked, 0)?;
             let student_proj = project(&params[MLP..], &student_out)?;
 
-            objective.step(&student, &mut teacher, &student_proj, &teacher_proj, &picked_concepts, batch.len(), &mut rng)?;
+            let projections = Projections { student: &student_proj, teacher: &teacher_proj, concepts: &picked_concepts, images: batch.len() };
+            objective.step(&student, &mut teacher, projections, &mut rng)?;
             bar.inc();
         }
         objective.end_epoch(epoch, &bar);
