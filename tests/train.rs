@@ -74,7 +74,7 @@ mod trained {
         let probe: ndarray::Array2<f32> = ndarray_npy::read_npy(model.join("centroids.npy")).unwrap();
         assert_eq!(probe.dim(), (3, 90), "probe lives in the head's 90-d space");
         let clusterbook: ndarray::Array2<f32> = ndarray_npy::read_npy(model.join("clusterbook.npy")).unwrap();
-        assert_eq!(clusterbook.dim(), (32, 384));
+        assert_eq!(clusterbook.dim(), (32, 32), "the clusterbook lives in the space whitened to 32 dims (the default)");
         let loaded = causeseg::model::Model::load(&model).expect("the runtime loads a CAUSE model");
         assert!(loaded.head.is_some());
 
