@@ -46,10 +46,14 @@ pub fn read_model(path: &Path) -> Result<pb::ModelProto, OnnxError> {
     Ok(model)
 }
 
-/// Writes `model` to `path` (atomically: a temporary file renamed into place).
+/// Writes `model` to `path` (atomically: a temporary file, unique to this
+/// process and call, renamed into place, so concurrent writers of the same
+/// graph never expose a half-written file).
 pub fn write_model(model: &pb::ModelProto, path: &Path) -> Result<(), OnnxError> {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let io = |source| OnnxError::Io { path: path.into(), source };
-    let tmp = path.with_extension("onnx.partial");
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("onnx.partial-{}-{call}", std::process::id()));
     std::fs::write(&tmp, model.encode_to_vec()).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }
