@@ -68,6 +68,7 @@ impl Builder<'_> {
         name
     }
 
+    /// A float32 vector initializer named `causeseg_<name>`; returns its name.
     pub(crate) fn bias(&mut self, name: &str, values: &Array1<f32>) -> String {
         let name = format!("causeseg_{name}");
         self.graph.initializer.push(float_tensor(&name, &[values.len()], values.to_vec()));

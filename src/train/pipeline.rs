@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use ndarray::Array2;
 use ndarray_npy::{read_npy, write_npy};
 use rand::seq::SliceRandom;
@@ -21,6 +21,7 @@ use super::probe::{head_features, kmeans_probe, modularity_probe, ProbeKind};
 use super::{check_finite, normalize_rows, Result, TrainError};
 use crate::model::l2_normalize_rows;
 use crate::pipeline::head::{Head, HeadKind, MlpHead};
+use crate::pipeline::tr_head::nearest_codes;
 use crate::progress::Progress;
 
 /// Settings of the head stage (CAUSE's defaults).
@@ -93,11 +94,6 @@ pub struct HeadReport {
     pub empty_steps: usize,
     /// Projections in the bank at the end.
     pub bank_entries: usize,
-}
-
-/// Nearest clusterbook vector (cosine) of each row of `x_unit`.
-fn nearest(x_unit: &Tensor, codes_unit_t: &Tensor) -> candle_core::Result<Vec<usize>> {
-    Ok(x_unit.matmul(codes_unit_t)?.argmax(D::Minus1)?.to_vec1::<u32>()?.into_iter().map(|c| c as usize).collect())
 }
 
 /// The projections of one step's sampled tokens.
@@ -234,9 +230,6 @@ pub fn train_head(set: &FeatureSet, clusterbook: &Array2<f32>, options: &HeadOpt
     let student = Student::new(&init(shape, &mut rng, &device)?)?;
     let mut teacher = Teacher::from_student(&student)?;
     let mut objective = ConceptObjective::new(&student, clusterbook, options, "head")?;
-    let k = clusterbook.nrows();
-    let codes_unit = l2_normalize_rows(clusterbook.clone());
-    let codes_t = Tensor::from_vec(codes_unit.t().iter().copied().collect(), (dim, k), &device)?;
 
     let mut order: Vec<usize> = (0..set.len()).collect();
     let batch_size = options.batch.max(1);
@@ -249,8 +242,8 @@ pub fn train_head(set: &FeatureSet, clusterbook: &Array2<f32>, options: &HeadOpt
             let views: Vec<_> = samples.iter().map(|s| s.view()).collect();
             let tokens = ndarray::concatenate(ndarray::Axis(0), &views).expect("same width");
             let n = tokens.nrows();
+            let concepts = nearest_codes(tokens.view(), clusterbook.view());
             let x = Tensor::from_vec(tokens.into_raw_vec_and_offset().0, (n, dim), &device)?;
-            let concepts = nearest(&normalize_rows(&x)?, &codes_t)?;
 
             let masks = |rng: &mut ChaCha8Rng| -> candle_core::Result<(Tensor, Tensor)> {
                 Ok((dropout_mask(n, dim, options.dropout, rng, &device)?, dropout_mask(n, dim, options.dropout, rng, &device)?))
