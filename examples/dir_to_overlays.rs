@@ -10,20 +10,20 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use causeseg::engine::Backend;
-use causeseg::model::{backbone, Model, DEFAULT_MODEL_DIR};
+use causeseg::model::{backbone, bundled};
 use causeseg::pipeline::postprocess::{colorize, overlay};
 use causeseg::source::{Capture, ImageFiles};
-use causeseg::Segmenter;
+use causeseg::{Backend, Model, Segmenter};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let (Some(input), Some(output)) = (args.next(), args.next()) else {
         return Err("usage: dir_to_overlays IMAGE_DIR OUTPUT_DIR".into());
     };
-    let model = Model::load(Path::new(DEFAULT_MODEL_DIR))?;
+    let cache = backbone::cache_dir(None);
+    let model = Model::load(&bundled::default_model_dir(&cache)?)?;
     let colors = model.manifest.concepts.colors.clone();
-    let mut segmenter = Segmenter::new(model, Backend::Tract, &backbone::cache_dir(None))?;
+    let mut segmenter = Segmenter::new(model, Backend::Tract, &cache)?;
     std::fs::create_dir_all(&output)?;
     let mut images = Capture::new(Box::new(ImageFiles::open(&input, false)?), Arc::default());
     while let Some(frame) = images.next_frame()? {

@@ -1,22 +1,53 @@
 //! causeseg: CAUSE unsupervised semantic segmentation on robots.
 //!
-//! Data flow (one module per stage):
-//! `source` (images, cameras) → `pipeline::preprocess` → `engine` (tract,
-//! ONNX Runtime) → `pipeline::postprocess` → `sink` (files, stats), driven by
-//! `pipeline::Segmenter`. Offline tools: `model` (manifests, backbone fetch
-//! and import), `onnx` (graph editing), `fit` (learning concepts from
-//! unlabelled images), `eval` (unsupervised segmentation metrics).
+//! The module tree follows the data flow:
+//!
+//! ```text
+//! source ──frames──> pipeline (preprocess → engine → postprocess) ──labels──> sink
+//!    └──────────────── stream: the threaded real-time loop around them ────────┘
+//! ```
+//!
+//! - [`source`]: image files, cameras, GStreamer; decoding.
+//! - [`pipeline`]: [`Segmenter`] (preprocess, the model's fused graph on an
+//!   [`engine`], upsampling and argmax).
+//! - [`sink`]: image files, per-frame stats.
+//! - [`stream`]: capture, inference and output threads ([`Stream`]).
+//!
+//! Below them, the model files: [`model`] (manifest, backbone cache, the
+//! fused graph, the bundled default model), [`head`] (the CAUSE head: its
+//! weights, forward pass, ONNX emission and training forward), [`onnx`]
+//! (reading and editing graphs). Beside them, the offline tools: [`train`]
+//! (`fit`: k-means and CAUSE) and [`eval`] (Hungarian-matched metrics).
+//!
+//! ```no_run
+//! use causeseg::{Backend, Model, Segmenter};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cache = causeseg::model::backbone::cache_dir(None);
+//! let model = Model::load(&causeseg::model::bundled::default_model_dir(&cache)?)?;
+//! let mut segmenter = Segmenter::new(model, Backend::Tract, &cache)?;
+//! let labels = segmenter.segment(&image::RgbImage::new(640, 480), "frame", None)?.labels;
+//! # Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
 
 pub mod engine;
 pub mod eval;
-pub mod fit;
+pub mod head;
+pub mod linalg;
 pub mod model;
 pub mod onnx;
 pub mod pipeline;
 pub mod progress;
 pub mod sink;
-#[cfg(feature = "train")]
-pub mod train;
 pub mod source;
+pub mod stream;
+pub mod timing;
+pub mod train;
 
+pub use engine::Backend;
+pub use model::Model;
 pub use pipeline::{Segmentation, Segmenter};
+pub use sink::{FrameImages, FrameSink, ImageSink, StatsSink};
+pub use source::{FrameSource, ImageFiles, SourceOptions, SourceUri};
+pub use stream::{Stream, StreamConfig, StreamReport};

@@ -24,7 +24,7 @@ fn segment_writes_labels_mask_overlay_and_legend() {
     let labels = image::open(out.path().join("chelsea_labels.png")).unwrap();
     assert_eq!(labels.color(), image::ColorType::L8, "labels are mono8");
     assert_eq!((labels.width(), labels.height()), (w, h), "labels at the image's own resolution");
-    let concepts = causeseg::model::Model::load(Path::new(causeseg::model::DEFAULT_MODEL_DIR)).unwrap().num_concepts();
+    let concepts = causeseg::model::Model::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/camvid-cause")).unwrap().num_concepts();
     let labels = labels.into_luma8();
     assert!(labels.pixels().all(|p| (p.0[0] as usize) < concepts));
     let distinct: std::collections::HashSet<u8> = labels.pixels().map(|p| p.0[0]).collect();
@@ -71,7 +71,7 @@ fn camvid_subset(n: usize) -> Option<tempfile::TempDir> {
     for sub in ["images", "labels"] {
         std::fs::create_dir(dir.path().join(sub)).unwrap();
     }
-    let mut images = causeseg::eval::list_images(&val.join("images")).unwrap();
+    let mut images = causeseg::source::list_images(&val.join("images")).unwrap();
     images.truncate(n);
     for image in images {
         let stem = image.file_stem().unwrap().to_str().unwrap().to_string();

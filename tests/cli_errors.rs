@@ -89,7 +89,7 @@ fn missing_model_dir() {
 #[test]
 fn manifest_of_an_unknown_version() {
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(Path::new(causeseg::model::DEFAULT_MODEL_DIR).join("model.toml")).unwrap();
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/camvid-cause").join("model.toml")).unwrap();
     std::fs::write(dir.path().join("model.toml"), text.replace("format_version = 1", "format_version = 99")).unwrap();
     let image = common::sample_images().join("coffee.jpg");
     let out = causeseg(&["segment", image.to_str().unwrap(), "--model", dir.path().to_str().unwrap(), "--out", "/tmp/x"]);

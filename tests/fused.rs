@@ -8,10 +8,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use causeseg::engine::Backend;
 use causeseg::model::{backbone, fused, Model};
-use causeseg::pipeline::preprocess::decode_file;
-use causeseg::pipeline::FeatureExtractor;
+use causeseg::pipeline::PatchInference;
+use causeseg::source::{decode_file, list_images};
+use causeseg::Backend;
 use ndarray::{Array2, Array3};
 
 /// Val images used (a fixed, spread-out subset keeps the test short).
@@ -27,7 +27,7 @@ fn argmax_rows(scores: &Array2<f32>) -> Vec<usize> {
 
 fn val_images() -> Option<Vec<PathBuf>> {
     let dir = common::require(common::shared_dir().join("data/camvid/val/images"), "CamVid val images")?;
-    let mut all = causeseg::eval::list_images(&dir).unwrap();
+    let mut all = list_images(&dir).unwrap();
     all.sort();
     let step = (all.len() / IMAGES).max(1);
     Some(all.into_iter().step_by(step).take(IMAGES).collect())
@@ -51,15 +51,15 @@ fn agreement(model_dir: &Path, head: &HeadFn<'_>) -> Option<f64> {
     let model = Model::load(model_dir).unwrap();
     let input = &model.manifest.input;
     let reference = &model.manifest.backbone;
-    let mut plain = FeatureExtractor::new(reference, input, Backend::Tract, &cache).unwrap();
+    let mut plain = PatchInference::backbone(reference, input, Backend::Tract, &cache).unwrap();
     let graph = fused::fused_graph(&model, &backbone::resolve(reference, &cache).unwrap(), &cache).unwrap();
-    let mut fused = FeatureExtractor::load(graph, model.num_concepts(), reference.patch_size, input, Backend::Tract).unwrap();
+    let mut fused = PatchInference::load(graph, model.num_concepts(), reference.patch_size, input, Backend::Tract).unwrap();
     let (mut same, mut total) = (0usize, 0usize);
     for path in &images {
         let image = decode_file(path).unwrap();
-        let (features, ..) = plain.features(&image, "val").unwrap();
+        let (features, ..) = plain.run(&image, "val").unwrap();
         let expected = argmax_rows(&head(&model, &features).dot(&model.centroids.t()));
-        let (scores, ..) = fused.features(&image, "val").unwrap();
+        let (scores, ..) = fused.run(&image, "val").unwrap();
         let got = argmax_rows(&flat(scores));
         same += expected.iter().zip(&got).filter(|(a, b)| a == b).count();
         total += expected.len();
@@ -96,20 +96,23 @@ fn fused_graph_agrees_with_raw_kmeans_scoring() {
 #[test]
 fn fused_graph_agrees_with_the_candle_head() {
     use candle_core::{Device, Tensor};
-    use causeseg::pipeline::head::Head;
-    use causeseg::train::{head as mlp, tr};
+    use causeseg::head::candle::{forward, linear, Params};
+    use causeseg::head::layers::nearest_codes;
+    use causeseg::head::HeadKind;
     let device = Device::Cpu;
     let tensor = |a: &Array2<f32>| Tensor::from_vec(a.iter().copied().collect(), a.dim(), &device).unwrap();
     let candle_head = |model: &Model, grid: &Array3<f32>| {
-        let tokens = flat(grid.clone());
-        let out = match model.head.as_ref().expect("CAUSE model") {
-            Head::Mlp(head) => mlp::head_forward(&mlp::from_runtime(head, &device).unwrap(), &tensor(&tokens), None).unwrap(),
-            Head::Tr(head) => {
-                let x = head.input.as_ref().map_or(tokens.clone(), |input| input.forward(tokens.view()));
-                let ids: Vec<u32> = causeseg::pipeline::tr_head::nearest_codes(x.view(), head.codes.view()).into_iter().map(|i| i as u32).collect();
-                let ids = Tensor::from_vec(ids, x.nrows(), &device).unwrap();
-                let x = tensor(&x).unsqueeze(0).unwrap();
-                tr::tr_forward(&tr::from_runtime(head, &device).unwrap(), &tensor(&head.codes), &x, &ids, None).unwrap()
+        let head = model.head.as_ref().expect("CAUSE model");
+        let params = Params::from_weights(head.weights(), &device).unwrap();
+        let tokens = tensor(&flat(grid.clone())).unsqueeze(0).unwrap();
+        let out = match head.kind() {
+            HeadKind::Mlp => forward(HeadKind::Mlp, &params, &tokens, None, None).unwrap(),
+            HeadKind::Tr => {
+                let x = if head.weights().contains("input_weight") { linear(&params, "input", &tokens).unwrap() } else { tokens };
+                let x_rows = Array2::from_shape_vec(x.dims3().map(|(_, t, d)| (t, d)).unwrap(), x.flatten_all().unwrap().to_vec1::<f32>().unwrap()).unwrap();
+                let codes = head.weights().matrix("codes");
+                let queries = tensor(&codes.select(ndarray::Axis(0), &nearest_codes(x_rows.view(), codes))).unsqueeze(0).unwrap();
+                forward(HeadKind::Tr, &params, &x, Some(&queries), None).unwrap()
             }
         };
         let (n, r) = out.dims2().unwrap();
@@ -138,13 +141,13 @@ fn onnxruntime_runs_the_fused_graph_like_tract() {
     let model = Model::load(&default_cause_model()).unwrap();
     let reference = &model.manifest.backbone;
     let graph = fused::fused_graph(&model, &backbone::resolve(reference, &cache).unwrap(), &cache).unwrap();
-    let load = |backend| FeatureExtractor::load(graph.clone(), model.num_concepts(), reference.patch_size, &model.manifest.input, backend).unwrap();
+    let load = |backend| PatchInference::load(graph.clone(), model.num_concepts(), reference.patch_size, &model.manifest.input, backend).unwrap();
     let (mut tract, mut ort) = (load(Backend::Tract), load(Backend::Ort));
     let (mut same, mut total, mut max_abs) = (0usize, 0usize, 0f32);
     for path in images.iter().take(4) {
         let image = decode_file(path).unwrap();
-        let (a, ..) = tract.features(&image, "val").unwrap();
-        let (b, ..) = ort.features(&image, "val").unwrap();
+        let (a, ..) = tract.run(&image, "val").unwrap();
+        let (b, ..) = ort.run(&image, "val").unwrap();
         max_abs = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(max_abs, f32::max);
         let (a, b) = (argmax_rows(&flat(a)), argmax_rows(&flat(b)));
         same += a.iter().zip(&b).filter(|(x, y)| x == y).count();

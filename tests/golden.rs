@@ -7,7 +7,9 @@ use std::path::Path;
 
 use causeseg::engine::{tract::TractEngine, Engine, EngineSpec};
 use causeseg::model::manifest::{IMAGENET_MEAN, IMAGENET_STD};
-use causeseg::pipeline::preprocess::{decode_file, Preprocessor, ResizePolicy};
+use causeseg::model::manifest::ResizePolicy;
+use causeseg::pipeline::preprocess::Preprocessor;
+use causeseg::source::decode_file;
 use ndarray::{Array3, Array4};
 use ndarray_npy::read_npy;
 
@@ -35,7 +37,7 @@ fn compare(ours: &Array3<f32>, golden: &Array3<f32>) -> (f32, f32) {
 }
 
 fn engine(backbone: &Path, case: &Case) -> TractEngine {
-    let spec = EngineSpec { path: backbone.into(), width: case.width, height: case.height, patch_size: 14, feature_dim: 384 };
+    let spec = EngineSpec { path: backbone.into(), width: case.width, height: case.height, patch_size: 14, channels: 384 };
     TractEngine::load(&spec).unwrap()
 }
 
@@ -45,7 +47,7 @@ fn tract_backbone_matches_golden_features() {
     for case in &CASES {
         let input: Array4<f32> = read_npy(reference.join(format!("{}_input_{}x{}.npy", case.name, case.width, case.height))).unwrap();
         let golden: Array3<f32> = read_npy(reference.join(format!("{}_features_{}x{}.npy", case.name, case.width, case.height))).unwrap();
-        let ours = engine(&backbone, case).features(input).unwrap();
+        let ours = engine(&backbone, case).run(input).unwrap();
         let (max_abs, min_cos) = compare(&ours, &golden);
         eprintln!("{}: max abs diff {max_abs:.2e}, min token cosine {min_cos:.6}", case.name);
         assert!(max_abs <= 1e-3, "{}: max abs diff {max_abs}", case.name);
@@ -62,7 +64,7 @@ fn own_preprocessing_keeps_features_close_to_golden() {
         let image = decode_file(&shared.join(case.source)).unwrap();
         let mut pre = Preprocessor::new(case.width, case.height, 14, IMAGENET_MEAN, IMAGENET_STD, ResizePolicy::Stretch);
         let (tensor, _) = pre.run(&image, case.source).unwrap();
-        let ours = engine(&backbone, case).features(tensor).unwrap();
+        let ours = engine(&backbone, case).run(tensor).unwrap();
         let (_, min_cos) = compare(&ours, &golden);
         eprintln!("{}: own resize, min token cosine {min_cos:.5}", case.name);
         assert!(min_cos >= 0.99, "{}: min cosine {min_cos}", case.name);

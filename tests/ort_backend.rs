@@ -27,14 +27,14 @@ fn onnxruntime_cpu_matches_tract_and_golden() {
         eprintln!("SKIPPED: {message}");
         return;
     }
-    let spec = EngineSpec { path: backbone, width: 448, height: 336, patch_size: 14, feature_dim: 384 };
+    let spec = EngineSpec { path: backbone, width: 448, height: 336, patch_size: 14, channels: 384 };
     let input: Array4<f32> = read_npy(reference.join("camvid_val_0016E5_07959_input_448x336.npy")).unwrap();
     let golden: Array3<f32> = read_npy(reference.join("camvid_val_0016E5_07959_features_448x336.npy")).unwrap();
 
     let mut ort = engine::load(Backend::Ort, &spec).unwrap();
     assert!(ort.backend().starts_with("onnxruntime"), "{}", ort.backend());
-    let from_ort = ort.features(input.clone()).unwrap();
-    let from_tract = engine::load(Backend::Tract, &spec).unwrap().features(input).unwrap();
+    let from_ort = ort.run(input.clone()).unwrap();
+    let from_tract = engine::load(Backend::Tract, &spec).unwrap().run(input).unwrap();
 
     let max_abs = from_ort.iter().zip(&from_tract).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     eprintln!("ort vs tract: max abs {max_abs:.2e}, min cosine {:.6}; ort vs golden min cosine {:.6}", min_cosine(&from_ort, &from_tract), min_cosine(&from_ort, &golden));
@@ -50,10 +50,10 @@ fn asking_for_tensorrt_without_a_gpu_is_an_error_not_a_silent_cpu_run() {
         assert!(!common::strict(), "ORT_DYLIB_PATH is not set");
         return;
     }
-    let spec = EngineSpec { path: backbone, width: 224, height: 224, patch_size: 14, feature_dim: 384 };
+    let spec = EngineSpec { path: backbone, width: 224, height: 224, patch_size: 14, channels: 384 };
     let Err(err) = engine::load(Backend::Tensorrt, &spec) else {
         eprintln!("SKIPPED: TensorRT is available here; this test covers machines without it");
         return;
     };
-    assert!(err.to_string().contains("cannot load as a backbone"), "{err}");
+    assert!(err.to_string().contains("cannot load the ONNX graph"), "{err}");
 }

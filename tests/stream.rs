@@ -53,7 +53,7 @@ fn check_stats_line(line: &Value, width: u32, height: u32, concepts: usize) {
     assert!(line["index"].is_u64(), "{line}");
     assert!(line["timestamp"].as_f64().unwrap() > 1.6e9, "{line}");
     assert_eq!((line["width"].as_u64().unwrap(), line["height"].as_u64().unwrap()), (width as u64, height as u64), "{line}");
-    for stage in ["decode", "queue", "preprocess", "backbone", "postprocess", "end_to_end"] {
+    for stage in ["decode", "queue", "preprocess", "inference", "postprocess", "end_to_end"] {
         assert!(line["latency_ms"][stage].as_f64().unwrap() >= 0.0, "{stage}: {line}");
     }
     let fractions: Vec<f64> = line["concept_fractions"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
@@ -261,4 +261,30 @@ fn broken_gstreamer_pipeline() {
 #[test]
 fn gstreamer_without_the_gstreamer_feature() {
     assert_clean_error(&causeseg(&["run", "--source", "csi://0"]), "csi://0: this build has no gstreamer support");
+}
+
+/// An installed or copied binary needs no repository: the default model and
+/// the sample images are inside it. Runs a copy of the binary from `/` with
+/// the default model and `--source auto` (no camera here: the samples).
+#[test]
+fn a_copied_binary_runs_the_bundled_model_on_the_bundled_samples() {
+    if backbone().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("causeseg");
+    std::fs::copy(env!("CARGO_BIN_EXE_causeseg"), &binary).unwrap();
+    let out = dir.path().join("out");
+    let output = Command::new(&binary)
+        .current_dir("/")
+        .args(["run", "--source", "auto", "--max-frames", "3", "--save", out.to_str().unwrap(), "--visualize", "labels"])
+        .env_remove("CAUSESEG_MODEL")
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("bundled sample images"), "{stderr}");
+    assert!(stderr.contains("model camvid-cause"), "{stderr}");
+    assert_eq!(names(&out), ["000000_labels.png", "000001_labels.png", "000002_labels.png", "legend.png"]);
 }

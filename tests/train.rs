@@ -19,7 +19,7 @@ fn committed_cause_model_loads() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/camvid-cause");
     let model = causeseg::model::Model::load(&dir).unwrap();
     let head = model.head.as_ref().expect("a CAUSE model has a head");
-    assert_eq!((head.kind(), head.input_dim(), head.output_dim()), (causeseg::pipeline::head::HeadKind::Tr, 384, 90));
+    assert_eq!((head.kind(), head.input_dim(), head.output_dim()), (causeseg::head::HeadKind::Tr, 384, 90));
     assert_eq!(model.centroids.dim(), (11, 90));
     let clusterbook: ndarray::Array2<f32> = ndarray_npy::read_npy(dir.join("clusterbook.npy")).unwrap();
     assert_eq!(clusterbook.dim(), (2048, 32));
@@ -190,7 +190,7 @@ mod trained {
         let clusterbook: ndarray::Array2<f32> = ndarray_npy::read_npy(model.join("clusterbook.npy")).unwrap();
         assert_eq!(clusterbook.dim(), (32, 8), "the clusterbook lives in the whitened space");
         let loaded = causeseg::model::Model::load(&model).unwrap();
-        assert_eq!(loaded.head.as_ref().map(|h| (h.kind(), h.input_dim())), Some((causeseg::pipeline::head::HeadKind::Tr, 384)));
+        assert_eq!(loaded.head.as_ref().map(|h| (h.kind(), h.input_dim())), Some((causeseg::head::HeadKind::Tr, 384)));
 
         let out = dir.path().join("out");
         let image = images.join("rocket.jpg");

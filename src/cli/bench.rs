@@ -5,14 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use causeseg::engine::Backend;
-use causeseg::eval::list_images;
-use causeseg::model::{Model, DEFAULT_MODEL_DIR};
-use causeseg::pipeline::preprocess::decode_file;
-use causeseg::pipeline::timing::{ms_since, peak_rss_bytes, summarize, StageTimes};
+use causeseg::model::Model;
+use causeseg::source::{FrameSource, ImageFiles};
+use causeseg::timing::{ms_since, peak_rss_bytes, summarize, StageTimes};
 use causeseg::Segmenter;
-
-/// Sample images shipped with the repository.
-pub const SAMPLE_IMAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/images");
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -28,7 +24,7 @@ pub struct BenchArgs {
     /// Images to cycle through [default: the bundled samples].
     #[arg(long)]
     images: Option<PathBuf>,
-    /// Model directory [default: models/camvid-cause].
+    /// Model directory [default: the bundled camvid-cause model].
     #[arg(long)]
     model: Option<PathBuf>,
     /// Backends to compare, comma-separated (ort/cuda/tensorrt need --features ort).
@@ -37,36 +33,39 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs, cache: &Path) -> anyhow::Result<()> {
-    let mut model = Model::load(args.model.as_deref().unwrap_or(Path::new(DEFAULT_MODEL_DIR)))?;
+    let mut model = Model::load(&super::model_dir(args.model.as_deref(), cache)?)?;
     if let Some((w, h)) = args.size {
         let p = model.manifest.backbone.patch_size;
         anyhow::ensure!(w % p == 0 && h % p == 0, "--size {w}x{h} is not a multiple of the patch size {p}");
         (model.manifest.input.width, model.manifest.input.height) = (w, h);
     }
-    let dir = args.images.clone().unwrap_or_else(|| PathBuf::from(SAMPLE_IMAGES));
-    let images = list_images(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-    anyhow::ensure!(!images.is_empty(), "no JPEG or PNG images in {}", dir.display());
+    let open_images = || -> anyhow::Result<ImageFiles> {
+        Ok(match &args.images {
+            Some(dir) => ImageFiles::open(&dir.display().to_string(), true)?,
+            None => ImageFiles::samples(true),
+        })
+    };
     let input = &model.manifest.input;
-    println!("bench: {} frames at {}x{} from {} ({} images), {} cores", args.frames, input.width, input.height, dir.display(), images.len(), std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("bench: {} frames at {}x{} from {}, {cores} cores", args.frames, input.width, input.height, open_images()?.describe());
     println!("{:<12} {:<12} {:>10} {:>10}", "backend", "stage", "p50 ms", "p99 ms");
     for backend in &args.backend {
         let load_start = Instant::now();
         let mut segmenter = Segmenter::new(model.clone(), *backend, cache)?;
         let load_ms = ms_since(load_start);
         let mut samples: Vec<StageTimes> = Vec::with_capacity(args.frames);
+        let mut images = open_images()?;
         for i in 0..args.warmup + args.frames {
-            let path = &images[i % images.len()];
-            let start = Instant::now();
-            let image = decode_file(path)?;
-            let decode_ms = ms_since(start);
-            let mut times = segmenter.segment(&image, &path.display().to_string(), None)?.times;
-            times.decode_ms = decode_ms;
+            let frame = images.next_frame()?.expect("a looping source never ends");
+            let what = frame.name.unwrap_or_else(|| format!("frame {i}"));
+            let mut times = segmenter.segment(&frame.image, &what, None)?.times;
+            times.decode_ms = frame.decode_ms;
             if i >= args.warmup {
                 samples.push(times);
             }
         }
         let name = format!("{backend:?}").to_lowercase();
-        for (index, stage) in ["decode", "preprocess", "backbone", "postprocess", "total"].iter().enumerate() {
+        for (index, stage) in ["decode", "preprocess", "inference", "postprocess", "total"].iter().enumerate() {
             let values: Vec<f64> = samples
                 .iter()
                 .map(|t| if index < 4 { t.named()[index].1 } else { t.total_ms() })

@@ -45,7 +45,7 @@ pub fn run(args: EvalArgs, cache: &Path) -> anyhow::Result<()> {
     let report = EvalReport {
         model: segmenter.model().manifest.name.clone(),
         input_size: format!("{}x{}", input.width, input.height),
-        backend: segmenter.extractor_mut().backend(),
+        backend: segmenter.inference_mut().backend(),
         images: pairs.len(),
         clusters: total.clusters(),
         classes: total.classes(),

@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use causeseg::engine::Backend;
-use causeseg::model::{backbone, Model, DEFAULT_MODEL_DIR};
+use causeseg::model::{backbone, bundled, Model};
 use causeseg::Segmenter;
 
 /// Unsupervised semantic segmentation (CAUSE) for robots: tract on any CPU,
@@ -52,7 +52,7 @@ enum Command {
 /// Options shared by every command that runs a model.
 #[derive(Debug, clap::Args)]
 struct ModelArgs {
-    /// Model directory [default: the model shipped in models/camvid-cause].
+    /// Model directory [default: the bundled camvid-cause model, unpacked into the cache].
     #[arg(long, env = "CAUSESEG_MODEL")]
     model: Option<PathBuf>,
     /// Inference backend.
@@ -60,13 +60,21 @@ struct ModelArgs {
     backend: Backend,
 }
 
+/// `--model DIR`, or the bundled default model unpacked into `cache`.
+fn model_dir(model: Option<&Path>, cache: &Path) -> anyhow::Result<PathBuf> {
+    Ok(match model {
+        Some(dir) => dir.to_path_buf(),
+        None => bundled::default_model_dir(cache)?,
+    })
+}
+
 impl ModelArgs {
     fn load(&self, cache_dir: &Path) -> anyhow::Result<Segmenter> {
-        let dir = self.model.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL_DIR));
+        let dir = model_dir(self.model.as_deref(), cache_dir)?;
         let model = Model::load(&dir)?;
         log::info!("model {} ({} concepts) from {}", model.manifest.name, model.num_concepts(), dir.display());
         let segmenter = Segmenter::new(model, self.backend, cache_dir)
-            .with_context(|| format!("loading the backbone for {}", dir.display()))?;
+            .with_context(|| format!("loading the model {}", dir.display()))?;
         Ok(segmenter)
     }
 }

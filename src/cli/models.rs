@@ -56,9 +56,9 @@ pub fn run(command: ModelsCommand, cache: &Path) -> anyhow::Result<()> {
             fused::export(&model, &backbone, &out)?;
             log::info!(
                 "outputs: {} [1, tokens, {}] float32 per-patch scores, {} [1, tokens] int64 concept ids",
-                causeseg::onnx::fuse::SCORES_OUTPUT,
+                fused::SCORES_OUTPUT,
                 model.num_concepts(),
-                causeseg::onnx::fuse::IDS_OUTPUT
+                fused::IDS_OUTPUT
             );
             println!("{}", out.display());
         }

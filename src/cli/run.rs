@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use causeseg::model::{Model, DEFAULT_MODEL_DIR};
-use causeseg::pipeline::stream::{Stream, StreamConfig};
+use causeseg::model::Model;
 use causeseg::sink::{FrameImages, ImageSink, StatsSink, Visualization};
 use causeseg::source::{self, CameraOptions, PixelFormat, SourceOptions, SourceUri};
+use causeseg::stream::{Stream, StreamConfig};
 use causeseg::Segmenter;
 
 /// Options of `causeseg run`.
@@ -114,7 +114,7 @@ pub fn run(args: RunArgs, cache: &Path) -> anyhow::Result<()> {
 
 /// Loads the model, with the input size overridden by `--size`.
 fn load_segmenter(args: &RunArgs, cache: &Path) -> anyhow::Result<Segmenter> {
-    let dir = args.model.model.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL_DIR));
+    let dir = super::model_dir(args.model.model.as_deref(), cache)?;
     let mut model = Model::load(&dir)?;
     if let Some((width, height)) = args.size {
         let patch = model.manifest.backbone.patch_size;
@@ -123,7 +123,7 @@ fn load_segmenter(args: &RunArgs, cache: &Path) -> anyhow::Result<Segmenter> {
     }
     let input = &model.manifest.input;
     log::info!("model {} ({} concepts, input {}x{}) from {}", model.manifest.name, model.num_concepts(), input.width, input.height, dir.display());
-    Segmenter::new(model, args.model.backend, cache).with_context(|| format!("loading the backbone for {}", dir.display()))
+    Segmenter::new(model, args.model.backend, cache).with_context(|| format!("loading the model {}", dir.display()))
 }
 
 /// First Ctrl-C: stop capture, drain and flush. Second: exit at once.

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use causeseg::pipeline::preprocess::{decode_file, ResizePolicy};
+use causeseg::model::manifest::ResizePolicy;
+use causeseg::source::decode_file;
 use causeseg::sink::{ImageSink, Visualization};
 
 #[derive(Debug, clap::Args)]
@@ -33,7 +34,7 @@ pub fn run(args: SegmentArgs, cache: &Path) -> anyhow::Result<()> {
     let mut segmenter = args.model.load(cache)?;
     if let Some(policy) = args.resize {
         let input = segmenter.model().manifest.input.clone();
-        segmenter.extractor_mut().set_resize_policy(policy, &input);
+        segmenter.inference_mut().set_resize_policy(policy, &input);
     }
     let concepts = &segmenter.model().manifest.concepts;
     let sink = ImageSink::new(&args.out, &args.visualize, args.alpha, &concepts.names, &concepts.colors)?;
@@ -43,7 +44,7 @@ pub fn run(args: SegmentArgs, cache: &Path) -> anyhow::Result<()> {
         let stem = path.file_stem().context("image path has no file name")?.to_string_lossy();
         sink.write(&stem, &image, &result.labels)?;
         let t = result.times;
-        log::info!("{}: preprocess {:.1} ms, backbone {:.1} ms, postprocess {:.1} ms", path.display(), t.preprocess_ms, t.backbone_ms, t.postprocess_ms);
+        log::info!("{}: preprocess {:.1} ms, inference {:.1} ms, postprocess {:.1} ms", path.display(), t.preprocess_ms, t.inference_ms, t.postprocess_ms);
     }
     println!("{}", args.out.display());
     Ok(())

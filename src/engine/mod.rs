@@ -1,5 +1,6 @@
-//! Inference engines: run the backbone on a preprocessed image tensor and
-//! return its patch-token grid.
+//! Inference engines: run one ONNX graph with a per-patch output (a
+//! model's fused graph, or a bare backbone for training) on a preprocessed
+//! image tensor and return the output as a patch grid.
 //!
 //! Every backend implements [`Engine`]; tract (pure Rust, any CPU) is always
 //! built, ONNX Runtime (CPU/CUDA/TensorRT) with the `ort` feature.
@@ -12,24 +13,38 @@ use std::path::PathBuf;
 
 use ndarray::{Array3, Array4};
 
-/// Errors while loading or running a backbone.
+/// Errors while loading or running a graph.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// The file could not be loaded or optimised as a model.
-    #[error("{path}: cannot load as a backbone: {reason}")]
-    Load { path: String, reason: String },
-    /// The network's output is not a `[1, tokens, dim]` patch-token tensor.
-    #[error("{path}: output has shape {shape}, expected [1, {tokens}, {dim}] patch tokens (is this a ViT backbone cut at its final LayerNorm?)")]
-    NotABackbone { path: String, shape: String, tokens: usize, dim: usize },
+    /// The file could not be loaded or optimised.
+    #[error("{path}: cannot load the ONNX graph: {reason}")]
+    Load {
+        /// The ONNX file.
+        path: String,
+        /// What the backend said.
+        reason: String,
+    },
+    /// The graph's output is not one value vector per patch.
+    #[error("{path}: output has shape {shape}, expected [1, {tokens}, {channels}] (one vector per patch; for a backbone: is it a ViT cut at its final LayerNorm?)")]
+    NotPerPatch {
+        /// The ONNX file.
+        path: String,
+        /// The shape it produced.
+        shape: String,
+        /// Patches of the input.
+        tokens: usize,
+        /// Values per patch expected.
+        channels: usize,
+    },
     /// Inference itself failed.
     #[error("inference failed: {0}")]
     Run(String),
 }
 
-/// What a backend is asked to build: the backbone file and its fixed input.
+/// What a backend is asked to build: the graph file and its fixed input.
 #[derive(Debug, Clone)]
 pub struct EngineSpec {
-    /// The backbone ONNX file.
+    /// The ONNX file.
     pub path: PathBuf,
     /// Input width in pixels.
     pub width: u32,
@@ -37,8 +52,9 @@ pub struct EngineSpec {
     pub height: u32,
     /// ViT patch size.
     pub patch_size: u32,
-    /// Token feature dimension.
-    pub feature_dim: usize,
+    /// Values per patch in the output (concepts for a fused graph, the
+    /// feature size for a backbone).
+    pub channels: usize,
 }
 
 impl EngineSpec {
@@ -47,33 +63,34 @@ impl EngineSpec {
         ((self.height / self.patch_size) as usize, (self.width / self.patch_size) as usize)
     }
 
-    /// Checks a backend's output shape and reshapes the tokens into the
-    /// `[rows, cols, dim]` patch grid.
+    /// Checks a backend's output shape and reshapes it into the
+    /// `[rows, cols, channels]` patch grid.
     pub fn to_grid(&self, shape: &[usize], data: Vec<f32>) -> Result<Array3<f32>, EngineError> {
         let (rows, cols) = self.grid();
-        if shape != [1, rows * cols, self.feature_dim] {
-            return Err(EngineError::NotABackbone {
+        if shape != [1, rows * cols, self.channels] {
+            return Err(EngineError::NotPerPatch {
                 path: self.path.display().to_string(),
                 shape: format!("{shape:?}"),
                 tokens: rows * cols,
-                dim: self.feature_dim,
+                channels: self.channels,
             });
         }
-        Ok(Array3::from_shape_vec((rows, cols, self.feature_dim), data).expect("shape checked above"))
+        Ok(Array3::from_shape_vec((rows, cols, self.channels), data).expect("shape checked above"))
     }
 }
 
-/// A loaded backbone that turns `[1, 3, H, W]` normalised images into
-/// `[H/p, W/p, D]` patch features.
+/// A loaded graph that turns `[1, 3, H, W]` normalised images into a
+/// `[H/p, W/p, C]` patch grid.
 pub trait Engine: Send {
     /// Backend name for logs and reports (e.g. "tract", "onnxruntime-cpu").
     fn backend(&self) -> String;
-    /// Runs the backbone on one image tensor.
-    fn features(&mut self, input: Array4<f32>) -> Result<Array3<f32>, EngineError>;
+    /// Runs the graph on one image tensor.
+    fn run(&mut self, input: Array4<f32>) -> Result<Array3<f32>, EngineError>;
 }
 
 /// The backends a user can pick.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Backend {
     /// tract: pure Rust, any CPU, no system libraries.
     #[default]

@@ -1,5 +1,5 @@
 //! The ONNX Runtime backend (feature `ort`): CPU, CUDA or TensorRT execution
-//! providers on the same backbone file as tract.
+//! providers on the same graph file as tract.
 //!
 //! `libonnxruntime` is loaded at run time (`load-dynamic`): set
 //! `ORT_DYLIB_PATH` to it (a pip `onnxruntime`/`onnxruntime-gpu` wheel has it
@@ -20,7 +20,7 @@ use super::{Backend, Engine, EngineError, EngineSpec};
 /// Environment variable naming the ONNX Runtime shared library.
 pub const DYLIB_ENV: &str = "ORT_DYLIB_PATH";
 
-/// A backbone session on ONNX Runtime.
+/// A graph session on ONNX Runtime.
 pub struct OrtEngine {
     spec: EngineSpec,
     session: Session,
@@ -80,7 +80,7 @@ impl Engine for OrtEngine {
         format!("onnxruntime-{}", format!("{:?}", self.backend).to_lowercase())
     }
 
-    fn features(&mut self, input: Array4<f32>) -> Result<Array3<f32>, EngineError> {
+    fn run(&mut self, input: Array4<f32>) -> Result<Array3<f32>, EngineError> {
         let run_err = |e: ort::Error| EngineError::Run(e.to_string());
         let shape: Vec<usize> = input.shape().to_vec();
         let data = input.into_raw_vec_and_offset().0;

@@ -8,7 +8,7 @@ use tract_onnx::prelude::*;
 
 use super::{Engine, EngineError, EngineSpec};
 
-/// The backbone as an optimised tract plan plus its reusable state.
+/// The graph as an optimised tract plan plus its reusable state.
 pub struct TractEngine {
     spec: EngineSpec,
     state: TypedSimpleState,
@@ -25,7 +25,7 @@ fn enable_multithreading() {
 }
 
 impl TractEngine {
-    /// Loads, types and optimises the backbone for `spec`'s input size.
+    /// Loads, types and optimises the graph for `spec`'s input size.
     pub fn load(spec: &EngineSpec) -> Result<Self, EngineError> {
         enable_multithreading();
         let path = spec.path.display().to_string();
@@ -47,7 +47,7 @@ impl Engine for TractEngine {
         "tract".into()
     }
 
-    fn features(&mut self, input: Array4<f32>) -> Result<Array3<f32>, EngineError> {
+    fn run(&mut self, input: Array4<f32>) -> Result<Array3<f32>, EngineError> {
         let run_err = |e: TractError| EngineError::Run(format!("{e:#}"));
         let outputs = self.state.run(tvec!(Tensor::from(input.into_dyn()).into_tvalue())).map_err(run_err)?;
         let view = outputs[0].to_plain_array_view::<f32>().map_err(run_err)?;

@@ -10,42 +10,52 @@ use serde::Serialize;
 
 pub use metrics::{Confusion, Metrics};
 
-use crate::pipeline::preprocess::decode_file;
 use crate::pipeline::{SegmentError, Segmenter};
+use crate::source::{decode_file, list_images, DecodeError};
 
 /// Errors of an evaluation run.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     /// A directory could not be listed.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
     /// No image has a label with the same file stem.
     #[error("no label in {labels} matches an image in {images} (labels are matched to images by file stem, e.g. a.jpg ↔ a.png)")]
-    NoPairs { images: PathBuf, labels: PathBuf },
+    NoPairs {
+        /// The image directory.
+        images: PathBuf,
+        /// The label directory.
+        labels: PathBuf,
+    },
     /// A label file is unreadable.
     #[error("{path}: cannot read label image: {reason}")]
-    BadLabel { path: PathBuf, reason: String },
+    BadLabel {
+        /// The label file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A label holds a class id outside `0..classes` that is not the ignore id.
     #[error("{path}: label value {value} is not below --classes {classes} and is not the ignore id")]
-    LabelOutOfRange { path: PathBuf, value: u8, classes: usize },
+    LabelOutOfRange {
+        /// The label file.
+        path: PathBuf,
+        /// The offending value.
+        value: u8,
+        /// The number of classes.
+        classes: usize,
+    },
+    /// An image could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
     /// Segmenting an image failed.
     #[error(transparent)]
     Segment(#[from] SegmentError),
-}
-
-/// Image files (JPEG/PNG by extension) directly inside `dir`, sorted.
-pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
-        })
-        .collect();
-    files.sort();
-    Ok(files)
 }
 
 /// Pairs each image in `images` with the label in `labels` of the same stem.
@@ -76,7 +86,7 @@ pub fn confusion_for(segmenter: &mut Segmenter, image: &Path, label: &Path, clas
         return Err(bad_label(format!("expected a single-channel class-id PNG, found {:?}", truth.color())));
     }
     let truth = truth.into_luma8();
-    let rgb = decode_file(image).map_err(SegmentError::from)?;
+    let rgb = decode_file(image)?;
     let predicted = segmenter.segment(&rgb, &image.display().to_string(), Some(truth.dimensions()))?;
     let mut confusion = Confusion::new(segmenter.model().num_concepts(), classes);
     for (&p, &t) in predicted.labels.as_raw().iter().zip(truth.as_raw()) {

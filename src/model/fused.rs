@@ -1,14 +1,36 @@
-//! The fused inference graph of a model directory (backbone → head →
-//! concept scores → argmax, see [`crate::onnx::fuse`]), built from the
-//! cached backbone the first time a model runs and kept in the cache.
+//! The fused inference graph of a model directory: backbone → head →
+//! concept scores → argmax as one ONNX file, so TensorRT (or any ONNX
+//! runtime) runs a whole frame as one engine and tract and ONNX Runtime
+//! execute exactly the same maths. Built from the cached backbone the first
+//! time a model runs and kept in the cache.
+//!
+//! Appended after the backbone's patch tokens `[N, T, D]`:
+//! - the head ([`Head::emit`]), when the model has one;
+//! - `concept_scores = features · unit(concepts)ᵀ`, `[N, T, K]`: the
+//!   per-patch logits (dot products with the L2-normalised concept vectors;
+//!   their argmax is the cosine argmax);
+//! - `concept_ids = ArgMax(concept_scores, axis -1)`, int64 `[N, T]`.
+//!
+//! Pixel-level labels come from upsampling `concept_scores` bilinearly and
+//! taking the argmax per pixel (see `pipeline::postprocess`).
 
 use std::path::{Path, PathBuf};
 
+use ndarray::Array2;
 use sha2::{Digest, Sha256};
 
 use super::{Model, ModelError};
-use crate::onnx;
-use crate::pipeline::head::Head;
+use crate::head::Head;
+use crate::onnx::builder::{int, Builder};
+use crate::onnx::{self, float_value_info, int64_value_info, pb, Dim, OnnxError};
+
+/// Version of the fused graph's layout; part of the cache key of built
+/// graphs, so a change here never reuses a graph built by older code.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Name of the fused graph's per-patch score output `[N, T, K]`.
+pub const SCORES_OUTPUT: &str = "concept_scores";
+/// Name of the fused graph's per-patch argmax output, int64 `[N, T]`.
+pub const IDS_OUTPUT: &str = "concept_ids";
 
 /// The fused graph of `model` on the backbone file `backbone`: read from
 /// `<cache>/fused/` when an identical one was built before, else built
@@ -30,10 +52,9 @@ pub fn fused_graph(model: &Model, backbone: &Path, cache: &Path) -> Result<PathB
 /// Fails when the model's input size does not give the patch grid a TR
 /// head was trained on (its positional embedding is one vector per patch).
 fn check_input_size(model: &Model) -> Result<(), ModelError> {
-    let Some(Head::Tr(head)) = &model.head else { return Ok(()) };
+    let Some((rows, cols)) = model.head.as_ref().and_then(Head::grid) else { return Ok(()) };
     let input = &model.manifest.input;
     let patch = model.manifest.backbone.patch_size;
-    let (rows, cols) = head.grid;
     if ((input.height / patch) as usize, (input.width / patch) as usize) == (rows, cols) {
         return Ok(());
     }
@@ -52,9 +73,34 @@ fn check_input_size(model: &Model) -> Result<(), ModelError> {
 pub fn export(model: &Model, backbone: &Path, out: &Path) -> Result<(), ModelError> {
     check_input_size(model)?;
     let graph = onnx::read_model(backbone)?;
-    let fused = onnx::fuse::fuse(&graph, model.head.as_ref(), &model.centroids)?;
+    let fused = fuse(&graph, model.head.as_ref(), &model.centroids)?;
     onnx::write_model(&fused, out)?;
     Ok(())
+}
+
+/// Appends `head` (if any) and the concept scoring to `backbone`, whose
+/// single output must be the `[N, T, D]` patch tokens. `concepts` are the
+/// model's L2-normalised concept vectors `[K, R]` (R = D without a head).
+pub fn fuse(backbone: &pb::ModelProto, head: Option<&Head>, concepts: &Array2<f32>) -> Result<pb::ModelProto, OnnxError> {
+    let graph = backbone.graph.as_ref().expect("read_model checks the graph");
+    let [tokens] = graph.output.as_slice() else {
+        return Err(OnnxError::BadOutput(format!("{} outputs, expected one patch-token output", graph.output.len())));
+    };
+    let mut g = graph.clone();
+    let mut builder = Builder { graph: &mut g };
+    let features = match head {
+        None => tokens.name.clone(),
+        Some(head) => head.emit(&mut builder, &tokens.name),
+    };
+    let concepts_t = builder.initializer("concepts_t", concepts.t().into_dyn());
+    let scores = builder.node_named("MatMul", SCORES_OUTPUT, &[&features, &concepts_t], vec![]);
+    builder.node_named("ArgMax", IDS_OUTPUT, &[&scores], vec![int("axis", -1), int("keepdims", 0)]);
+    g.output = vec![
+        float_value_info(SCORES_OUTPUT, &[Dim::Param("batch"), Dim::Param("tokens"), Dim::Value(concepts.nrows() as i64)]),
+        int64_value_info(IDS_OUTPUT, &[Dim::Param("batch"), Dim::Param("tokens")]),
+    ];
+    g.name = "causeseg_fused".into();
+    Ok(pb::ModelProto { graph: Some(g), ..backbone.clone() })
 }
 
 /// sha256 over the fused layout version, the backbone's hash and every
@@ -62,7 +108,7 @@ pub fn export(model: &Model, backbone: &Path, out: &Path) -> Result<(), ModelErr
 /// vectors and the head's weight files).
 fn content_hash(model: &Model) -> Result<String, ModelError> {
     let mut hasher = Sha256::new();
-    hasher.update(onnx::fuse::LAYOUT_VERSION.to_le_bytes());
+    hasher.update(LAYOUT_VERSION.to_le_bytes());
     hasher.update(model.manifest.backbone.sha256.as_bytes());
     let mut files = vec![model.dir.join(&model.manifest.concepts.centroids)];
     if let Some(spec) = &model.manifest.head {
@@ -91,4 +137,75 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ModelError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::{HeadKind, Weights};
+    use crate::onnx::{float_value_info, Dim};
+    use ndarray::{array, Array3};
+    use tract_onnx::prelude::*;
+
+    /// A "backbone" that passes its `[1, T, 2]` input through Identity.
+    fn identity_backbone() -> pb::ModelProto {
+        pb::ModelProto {
+            ir_version: 8,
+            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 14 }],
+            graph: Some(pb::GraphProto {
+                node: vec![pb::NodeProto {
+                    input: vec!["x".into()],
+                    output: vec!["tokens".into()],
+                    op_type: "Identity".into(),
+                    ..Default::default()
+                }],
+                input: vec![float_value_info("x", &[Dim::Value(1), Dim::Value(2), Dim::Value(2)])],
+                output: vec![float_value_info("tokens", &[Dim::Value(1), Dim::Value(2), Dim::Value(2)])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn run(model: &pb::ModelProto, x: Array3<f32>) -> (Vec<f32>, Vec<i64>) {
+        let bytes = prost::Message::encode_to_vec(model);
+        let plan = tract_onnx::onnx().model_for_read(&mut bytes.as_slice()).unwrap().into_optimized().unwrap().into_runnable().unwrap();
+        let out = plan.run(tvec!(Tensor::from(x.into_dyn()).into_tvalue())).unwrap();
+        (out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect(), out[1].to_plain_array_view::<i64>().unwrap().iter().copied().collect())
+    }
+
+    #[test]
+    fn fused_head_and_scores_match_the_runtime_head() {
+        let weights: Weights = [
+            ("f1_weight", array![[1.0f32, 0.0], [0.0, 1.0]].into_dyn()),
+            ("f1_bias", array![0.5f32, 0.0].into_dyn()),
+            ("f2a_weight", array![[1.0f32, 0.0], [0.0, -1.0]].into_dyn()),
+            ("f2a_bias", array![0.0f32, 0.0].into_dyn()),
+            ("f2b_weight", array![[2.0f32, 3.0], [0.0, 1.0]].into_dyn()),
+            ("f2b_bias", array![-1.0f32, 0.0].into_dyn()),
+        ]
+        .into_iter()
+        .collect();
+        let head = Head::new(HeadKind::Mlp, weights).unwrap();
+        let concepts = crate::linalg::l2_normalize_rows(array![[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]);
+        let fused = fuse(&identity_backbone(), Some(&head), &concepts).unwrap();
+        let x = array![[[2.0f32, 1.0], [-1.0, -3.0]]];
+        let (scores, ids) = run(&fused, x.clone());
+        let expected = head.forward(x.index_axis(ndarray::Axis(0), 0)).unwrap().dot(&concepts.t());
+        for (a, b) in scores.iter().zip(expected.iter()) {
+            assert!((a - b).abs() < 1e-5, "{scores:?} vs {expected}");
+        }
+        // By hand: token 0 → features (5.5, 1), token 1 → (7.5, 0); both
+        // score highest on concept 0 (5.5 > 6.5/√2, 7.5 > 7.5/√2).
+        assert_eq!(ids, [0, 0]);
+    }
+
+    #[test]
+    fn without_a_head_the_scores_are_dot_products_with_the_concepts() {
+        let concepts = array![[1.0f32, 0.0], [0.0, 1.0]];
+        let fused = fuse(&identity_backbone(), None, &concepts).unwrap();
+        let (scores, ids) = run(&fused, array![[[0.2f32, 0.9], [3.0, -1.0]]]);
+        assert_eq!(scores, [0.2, 0.9, 3.0, -1.0]);
+        assert_eq!(ids, [1, 0]);
+    }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::ModelError;
-use crate::pipeline::preprocess::ResizePolicy;
+use crate::head::HeadSpec;
 
 /// The manifest format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -35,7 +35,7 @@ pub struct Manifest {
     /// A trained CAUSE head applied to the patch features before the
     /// concepts (absent: the concepts act on the raw backbone features).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub head: Option<crate::pipeline::head::HeadSpec>,
+    pub head: Option<HeadSpec>,
 }
 
 /// A backbone ONNX file in the backbone cache, pinned by hash.
@@ -69,6 +69,21 @@ pub struct InputSpec {
     pub resize: ResizePolicy,
 }
 
+/// How an image is fitted to the model input when its aspect ratio differs
+/// (see `pipeline::preprocess`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum ResizePolicy {
+    /// Scale each axis to fill the input (aspect ratio not kept).
+    #[default]
+    Stretch,
+    /// Keep the aspect ratio, pad to the input size.
+    Letterbox,
+    /// Keep the aspect ratio, crop the centre.
+    CenterCrop,
+}
+
 /// The concept mapping: centroid vectors plus display names and colours.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,6 +98,24 @@ pub struct ConceptSpec {
 }
 
 impl Manifest {
+    /// The manifest of a new model with `concepts` concepts (centroids in
+    /// `centroids.npy`, names "concept i", the default palette), no head.
+    pub fn for_concepts(name: &str, backbone: BackboneRef, input: InputSpec, concepts: usize, description: String) -> Self {
+        Manifest {
+            format_version: FORMAT_VERSION,
+            name: name.into(),
+            description,
+            backbone,
+            input,
+            concepts: ConceptSpec {
+                centroids: "centroids.npy".into(),
+                names: (0..concepts).map(|i| format!("concept {i}")).collect(),
+                colors: (0..concepts).map(super::default_color).collect(),
+            },
+            head: None,
+        }
+    }
+
     /// Parses manifest text; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ModelError> {
         let invalid = |reason: String| ModelError::InvalidManifest { path: path.into(), reason };
@@ -99,9 +132,10 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Serialises the manifest as TOML.
+    /// Serialises the manifest as TOML, arrays (mean, std, colours) inline
+    /// so a person can read and edit it.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("a manifest always serialises")
+        toml::to_string(self).expect("a manifest always serialises")
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -152,6 +186,13 @@ mod tests {
     fn round_trips_through_toml() {
         let m = sample();
         assert_eq!(Manifest::parse(&m.to_toml(), Path::new("m.toml")).unwrap(), m);
+    }
+
+    #[test]
+    fn arrays_are_written_inline() {
+        let text = sample().to_toml();
+        assert!(text.contains("mean = [0.485, 0.456, 0.406]"), "{text}");
+        assert!(text.contains("colors = [[1, 2, 3]]"), "{text}");
     }
 
     #[test]

@@ -1,20 +1,23 @@
-//! Model directories: the manifest, the concept centroids, and the backbone
-//! they run on (fetched or imported into a cache, never stored here).
+//! Model directories: the manifest, the concept centroids, the head, and
+//! the backbone they run on (fetched or imported into a cache, never stored
+//! in the directory); the fused graph built from them; the atomic writer
+//! every `fit` method uses; the default model bundled in the binary.
 
 pub mod backbone;
+pub mod bundled;
 pub mod fused;
 pub mod manifest;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array2, Axis};
-use ndarray_npy::{ReadNpyExt, WriteNpyExt};
+use ndarray::Array2;
+use ndarray_npy::ReadNpyExt;
 
+use crate::head::{Head, HeadError};
+use crate::linalg::l2_normalize_rows;
 pub use manifest::Manifest;
-
-/// The model directory used when no `--model` is given: the default model
-/// shipped in this repository's `models/`.
-pub const DEFAULT_MODEL_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/camvid-cause");
+pub use writer::ModelWriter;
 
 /// Errors while loading or saving a model directory.
 #[derive(Debug, thiserror::Error)]
@@ -24,19 +27,54 @@ pub enum ModelError {
     MissingManifest(PathBuf),
     /// The manifest's format version is not the one this build reads.
     #[error("{path}: unsupported format_version {found}; this causeseg reads version {}", manifest::FORMAT_VERSION)]
-    UnsupportedVersion { path: PathBuf, found: String },
+    UnsupportedVersion {
+        /// The manifest file.
+        path: PathBuf,
+        /// The version it declares.
+        found: String,
+    },
     /// The manifest does not parse or is inconsistent.
     #[error("{path}: invalid manifest: {reason}")]
-    InvalidManifest { path: PathBuf, reason: String },
+    InvalidManifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A file named by the manifest is unreadable or has the wrong shape.
     #[error("{path}: {reason}")]
-    BadFile { path: PathBuf, reason: String },
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Reading or writing failed.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
     /// A TR head's positional embedding fixes the input size.
     #[error("model {name} has a TR head trained on a {rows}x{cols} patch grid ({width}x{height} pixels); it cannot run at {asked_width}x{asked_height} (drop --size, or use an MLP-head model)")]
-    FixedInputSize { name: String, rows: usize, cols: usize, width: usize, height: usize, asked_width: u32, asked_height: u32 },
+    FixedInputSize {
+        /// The model's name.
+        name: String,
+        /// Patch rows the head was trained on.
+        rows: usize,
+        /// Patch columns the head was trained on.
+        cols: usize,
+        /// The training input width in pixels.
+        width: usize,
+        /// The training input height in pixels.
+        height: usize,
+        /// The width asked for.
+        asked_width: u32,
+        /// The height asked for.
+        asked_height: u32,
+    },
     /// Building the fused inference graph failed.
     #[error(transparent)]
     Onnx(#[from] crate::onnx::OnnxError),
@@ -53,7 +91,7 @@ pub struct Model {
     /// with a head), each row L2-normalised.
     pub centroids: Array2<f32>,
     /// The trained head named by the manifest, if any.
-    pub head: Option<crate::pipeline::head::Head>,
+    pub head: Option<Head>,
 }
 
 impl Model {
@@ -74,8 +112,8 @@ impl Model {
             None => None,
             Some(spec) => {
                 let head_dir = dir.join(&spec.dir);
-                let head = crate::pipeline::head::Head::load(spec.kind, &head_dir).map_err(|e| match e {
-                    crate::pipeline::head::HeadError::BadFile { path, reason } => ModelError::BadFile { path, reason },
+                let head = Head::load(spec.kind, &head_dir).map_err(|e| match e {
+                    HeadError::BadFile { path, reason } => ModelError::BadFile { path, reason },
                 })?;
                 if head.input_dim() != manifest.backbone.feature_dim || head.output_dim() != spec.output_dim {
                     return Err(ModelError::BadFile {
@@ -100,37 +138,10 @@ impl Model {
         Ok(Model { dir: dir.into(), manifest, centroids: l2_normalize_rows(centroids), head })
     }
 
-    /// Writes the manifest and centroids into `dir` (created if needed).
-    pub fn save(dir: &Path, manifest: &Manifest, centroids: &Array2<f32>) -> Result<(), ModelError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ModelError::Io { path, source }
-        };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let centroids_path = dir.join(&manifest.concepts.centroids);
-        let file = std::fs::File::create(&centroids_path).map_err(io(&centroids_path))?;
-        centroids
-            .write_npy(std::io::BufWriter::new(file))
-            .map_err(|e| ModelError::BadFile { path: centroids_path.clone(), reason: e.to_string() })?;
-        let manifest_path = dir.join("model.toml");
-        std::fs::write(&manifest_path, manifest.to_toml()).map_err(io(&manifest_path))
-    }
-
     /// Number of concepts.
     pub fn num_concepts(&self) -> usize {
         self.centroids.nrows()
     }
-}
-
-/// Scales every row to unit L2 norm (rows of zeros stay zero).
-pub fn l2_normalize_rows(mut rows: Array2<f32>) -> Array2<f32> {
-    for mut row in rows.axis_iter_mut(Axis(0)) {
-        let norm = row.dot(&row).sqrt();
-        if norm > 0.0 {
-            row /= norm;
-        }
-    }
-    rows
 }
 
 /// A distinct display colour for concept `i` (a fixed, readable palette
@@ -164,12 +175,6 @@ mod tests {
     fn missing_dir_says_what_was_expected() {
         let err = Model::load(Path::new("/nonexistent/model")).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/model") && err.contains("model.toml"), "{err}");
-    }
-
-    #[test]
-    fn rows_are_normalised() {
-        let m = l2_normalize_rows(ndarray::array![[3.0, 4.0], [0.0, 0.0]]);
-        assert_eq!(m, ndarray::array![[0.6, 0.8], [0.0, 0.0]]);
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! Reading, editing and writing ONNX graphs.
 //!
 //! The project edits graphs itself (no Python at run time): cutting a
-//! backbone out of a larger network, dropping the CLS token, and making the
-//! spatial input dimensions symbolic so one file runs at any input size.
-//! The protobuf types are tract-onnx's own (`tract_onnx::pb`), encoded with
+//! backbone out of a larger network, dropping the CLS token, making the
+//! spatial input dimensions symbolic so one file runs at any input size, and
+//! appending nodes ([`builder`]) for the head and the concept scores. The
+//! protobuf types are tract-onnx's own (`tract_onnx::pb`), encoded with
 //! prost.
 
-pub mod fuse;
-pub mod tr;
+pub mod builder;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -20,13 +20,28 @@ pub use tract_onnx::pb;
 pub enum OnnxError {
     /// The file could not be read or written.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
     /// The bytes are not an ONNX ModelProto.
     #[error("{path} is not an ONNX model ({reason})")]
-    NotOnnx { path: PathBuf, reason: String },
+    NotOnnx {
+        /// The file.
+        path: PathBuf,
+        /// What the decoder said.
+        reason: String,
+    },
     /// The requested tensor is produced by no node of the graph.
     #[error("tensor '{name}' is not produced by any node of the graph; tensors near the end are: {candidates}")]
-    TensorNotFound { name: String, candidates: String },
+    TensorNotFound {
+        /// The tensor asked for.
+        name: String,
+        /// Tensors near the end of the graph, comma-separated.
+        candidates: String,
+    },
     /// The graph does not have the single image input a backbone needs.
     #[error("expected one image input of shape [N, 3, H, W], found {0}")]
     BadInput(String),
@@ -141,12 +156,15 @@ pub fn extract_backbone(
 }
 
 /// One dimension of a declared tensor shape.
-enum Dim {
+pub enum Dim {
+    /// A fixed size.
     Value(i64),
+    /// A symbolic size (e.g. "batch").
     Param(&'static str),
 }
 
-fn float_value_info(name: &str, dims: &[Dim]) -> pb::ValueInfoProto {
+/// The declaration of a float32 graph input or output of shape `dims`.
+pub fn float_value_info(name: &str, dims: &[Dim]) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{dimension::Value, Dimension};
     let dim = dims
         .iter()
@@ -169,6 +187,15 @@ fn float_value_info(name: &str, dims: &[Dim]) -> pb::ValueInfoProto {
         }),
         ..Default::default()
     }
+}
+
+/// The declaration of an int64 graph output of shape `dims`.
+pub fn int64_value_info(name: &str, dims: &[Dim]) -> pb::ValueInfoProto {
+    let mut info = float_value_info(name, dims);
+    if let Some(pb::type_proto::Value::TensorType(t)) = info.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+        t.elem_type = pb::tensor_proto::DataType::Int64 as i32;
+    }
+    info
 }
 
 fn int64_tensor(name: &str, values: &[i64]) -> pb::TensorProto {

@@ -1,13 +1,8 @@
-//! The per-frame pipeline: preprocess → engine → postprocess, with timing,
-//! and the threaded streaming loop around it.
+//! The per-frame pipeline: preprocess → engine → postprocess, timed, behind
+//! [`Segmenter`].
 
-pub mod head;
-pub mod latest;
 pub mod postprocess;
 pub mod preprocess;
 pub mod segmenter;
-pub mod stream;
-pub mod timing;
-pub mod tr_head;
 
-pub use segmenter::{FeatureExtractor, SegmentError, Segmentation, Segmenter};
+pub use segmenter::{PatchInference, SegmentError, Segmentation, Segmenter};

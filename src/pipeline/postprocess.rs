@@ -1,11 +1,12 @@
-//! Postprocessing: patch features → per-patch concept scores → bilinear
-//! upsampling to the output resolution → argmax label map, and the
-//! visualisations built from it (colour mask, overlay, legend).
+//! Postprocessing: per-patch concept scores → bilinear upsampling to the
+//! output resolution → argmax label map, and the visualisations built from
+//! it (colour mask, overlay, legend).
 //!
-//! As DESIGN.md notes, scoring the un-normalised patch features against the
-//! L2-normalised concept vectors and upsampling the K score maps gives the
-//! same argmax as upsampling the features and taking cosines, at a fraction
-//! of the cost (K maps instead of D).
+//! Scoring the un-normalised patch features against the L2-normalised
+//! concept vectors (done inside the fused graph) and upsampling the K score
+//! maps gives the same argmax as upsampling the features and taking
+//! cosines, at a fraction of the cost (K maps instead of D): upsampling is
+//! linear and a pixel's feature norm does not change its argmax.
 
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use ndarray::{Array2, Array3, ArrayView3};
@@ -19,7 +20,7 @@ pub fn concept_scores(features: ArrayView3<f32>, concepts: &Array2<f32>) -> Arra
     let (rows, cols, dim) = features.dim();
     let flat = features.to_shape((rows * cols, dim)).expect("contiguous features");
     let scores = flat.dot(&concepts.t());
-    super::head::rows_to_grid(scores, rows, cols)
+    crate::linalg::rows_to_grid(scores, rows, cols)
 }
 
 /// One axis of the bilinear sampling grid: for each output coordinate, the

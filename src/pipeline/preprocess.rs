@@ -1,7 +1,8 @@
-//! Decoding and preprocessing: image file → RGB → model-sized, normalised
-//! `[1, 3, H, W]` tensor, plus the geometry needed to map results back.
+//! Preprocessing: RGB frame → model-sized, normalised `[1, 3, H, W]`
+//! tensor, plus the geometry needed to map results back.
 //!
-//! Resize policy (images whose aspect ratio differs from the model input):
+//! Resize policy ([`ResizePolicy`], for images whose aspect ratio differs
+//! from the model input):
 //! - `stretch` (default): scale each axis independently to fill the input;
 //!   every image pixel is seen, objects are distorted. CAUSE trains and
 //!   evaluates this way.
@@ -12,38 +13,27 @@
 //! Resizing uses `fast_image_resize` (SIMD) with an antialiased bilinear
 //! convolution, close to PIL's bilinear resize that the reference uses.
 
-use std::path::Path;
-
 use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
 use ndarray::Array4;
-use serde::{Deserialize, Serialize};
 
-/// Errors while decoding or preprocessing an image.
+pub use crate::model::manifest::ResizePolicy;
+
+/// An image the model cannot take.
 #[derive(Debug, thiserror::Error)]
 pub enum PreprocessError {
-    /// The file could not be opened.
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
-    /// The bytes are not a supported image, or are corrupt or truncated.
-    #[error("{path}: cannot decode image: {reason}")]
-    Decode { path: String, reason: String },
     /// The image is smaller than one patch.
     #[error("{what}: image is {width}x{height}, smaller than one {patch}x{patch} patch")]
-    TooSmall { what: String, width: u32, height: u32, patch: u32 },
-}
-
-/// How an image is fitted to the model input (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum ResizePolicy {
-    /// Scale each axis to fill the input (aspect ratio not kept).
-    #[default]
-    Stretch,
-    /// Keep the aspect ratio, pad to the input size.
-    Letterbox,
-    /// Keep the aspect ratio, crop the centre.
-    CenterCrop,
+    TooSmall {
+        /// The image, as named by the caller.
+        what: String,
+        /// Its width in pixels.
+        width: u32,
+        /// Its height in pixels.
+        height: u32,
+        /// The model's patch size.
+        patch: u32,
+    },
 }
 
 /// Where an image landed in the model input: `input = image * scale + offset`
@@ -56,26 +46,6 @@ pub struct Placement {
     pub scale: (f32, f32),
     /// Offset of the scaled image inside the input, in input pixels (x, y).
     pub offset: (f32, f32),
-}
-
-/// Decodes an image file (format sniffed from its bytes, not its name) to RGB.
-pub fn decode_file(path: &Path) -> Result<RgbImage, PreprocessError> {
-    let bytes = std::fs::read(path).map_err(|source| PreprocessError::Io { path: path.display().to_string(), source })?;
-    decode_bytes(&bytes, &path.display().to_string())
-}
-
-/// Decodes an encoded image (JPEG, PNG) held in memory; `what` names it in errors.
-pub fn decode_bytes(bytes: &[u8], what: &str) -> Result<RgbImage, PreprocessError> {
-    let decode_err = |reason: String| PreprocessError::Decode { path: what.into(), reason };
-    let format = image::guess_format(bytes).map_err(|_| decode_err("not a JPEG or PNG file".into()))?;
-    // The JPEG decoder fills a truncated scan with grey instead of failing;
-    // a complete JPEG ends with the end-of-image marker (maybe zero-padded).
-    let unpadded = bytes.iter().rposition(|&b| b != 0).map_or(&bytes[..0], |end| &bytes[..=end]);
-    if format == image::ImageFormat::Jpeg && !unpadded.ends_with(&[0xFF, 0xD9]) {
-        return Err(decode_err("truncated JPEG (no end-of-image marker)".into()));
-    }
-    let image = image::load_from_memory_with_format(bytes, format).map_err(|e| decode_err(e.to_string()))?;
-    Ok(image.into_rgb8())
 }
 
 /// Resizes and normalises images for one model input; reuses its buffers.
@@ -200,20 +170,5 @@ mod tests {
     fn smaller_than_a_patch_is_an_error() {
         let err = prep(ResizePolicy::Stretch).run(&RgbImage::new(10, 30), "tiny.png").unwrap_err().to_string();
         assert_eq!(err, "tiny.png: image is 10x30, smaller than one 14x14 patch");
-    }
-
-    #[test]
-    fn truncated_jpeg_is_an_error() {
-        let mut jpeg = Vec::new();
-        RgbImage::new(32, 32).write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
-        assert!(decode_bytes(&jpeg, "whole.jpg").is_ok());
-        let err = decode_bytes(&jpeg[..jpeg.len() - 10], "cut.jpg").unwrap_err().to_string();
-        assert_eq!(err, "cut.jpg: cannot decode image: truncated JPEG (no end-of-image marker)");
-    }
-
-    #[test]
-    fn text_is_not_an_image() {
-        let err = decode_bytes(b"hello, I am text", "fake.jpg").unwrap_err().to_string();
-        assert_eq!(err, "fake.jpg: cannot decode image: not a JPEG or PNG file");
     }
 }

@@ -1,6 +1,6 @@
 //! [`Segmenter`]: the library entry point that turns an RGB frame into a
-//! concept label map, and [`FeatureExtractor`], the backbone half of it that
-//! training uses on its own.
+//! concept label map, and [`PatchInference`], its preprocessing + engine
+//! half, which training also uses on the bare backbone.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -9,8 +9,9 @@ use image::{GrayImage, RgbImage};
 use ndarray::Array3;
 
 use super::postprocess::upsample_argmax;
-use super::preprocess::{Placement, PreprocessError, Preprocessor, ResizePolicy};
-use super::timing::{ms_since, StageTimes};
+use super::preprocess::{Placement, PreprocessError, Preprocessor};
+use crate::model::manifest::ResizePolicy;
+use crate::timing::{ms_since, StageTimes};
 use crate::engine::{self, Backend, Engine, EngineError, EngineSpec};
 use crate::model::backbone::{self, BackboneError};
 use crate::model::manifest::{BackboneRef, InputSpec};
@@ -25,24 +26,27 @@ pub enum SegmentError {
     /// The backbone could not be fetched or verified.
     #[error(transparent)]
     Backbone(#[from] BackboneError),
-    /// The backbone could not be loaded or run.
+    /// The graph could not be loaded or run.
     #[error(transparent)]
     Engine(#[from] EngineError),
-    /// The image could not be decoded or is unusable.
+    /// The image is unusable (smaller than a patch).
     #[error(transparent)]
     Preprocess(#[from] PreprocessError),
 }
 
-/// Backbone plus preprocessing: image → patch features.
-pub struct FeatureExtractor {
+/// Preprocessing plus one engine: RGB image → the graph's per-patch output
+/// `[rows, cols, C]`: concept scores for a model's fused graph (what
+/// [`Segmenter`] runs), patch features for a bare backbone (what training
+/// runs).
+pub struct PatchInference {
     engine: Box<dyn Engine>,
     preprocessor: Preprocessor,
     patch_size: u32,
 }
 
-impl FeatureExtractor {
-    /// Resolves (fetching if needed) and loads the backbone for `input`.
-    pub fn new(reference: &BackboneRef, input: &InputSpec, backend: Backend, cache: &Path) -> Result<Self, SegmentError> {
+impl PatchInference {
+    /// Resolves (fetching if needed) and loads the bare backbone for `input`.
+    pub fn backbone(reference: &BackboneRef, input: &InputSpec, backend: Backend, cache: &Path) -> Result<Self, SegmentError> {
         let path = backbone::resolve(reference, cache)?;
         Self::load(path, reference.feature_dim, reference.patch_size, input, backend)
     }
@@ -50,10 +54,10 @@ impl FeatureExtractor {
     /// Loads any graph that maps the image tensor to a `[1, tokens, channels]`
     /// per-patch output (a backbone, or a fused graph's concept scores).
     pub fn load(path: PathBuf, channels: usize, patch_size: u32, input: &InputSpec, backend: Backend) -> Result<Self, SegmentError> {
-        let spec = EngineSpec { path, width: input.width, height: input.height, patch_size, feature_dim: channels };
+        let spec = EngineSpec { path, width: input.width, height: input.height, patch_size, channels };
         let engine = engine::load(backend, &spec)?;
         let preprocessor = Preprocessor::new(input.width, input.height, patch_size, input.mean, input.std, input.resize);
-        Ok(FeatureExtractor { engine, preprocessor, patch_size })
+        Ok(PatchInference { engine, preprocessor, patch_size })
     }
 
     /// Overrides the resize policy of the manifest.
@@ -66,15 +70,16 @@ impl FeatureExtractor {
         self.engine.backend()
     }
 
-    /// Patch features `[rows, cols, D]` of `image`, where it landed in the
-    /// input, and the preprocess/backbone times. `what` names it in errors.
-    pub fn features(&mut self, image: &RgbImage, what: &str) -> Result<(Array3<f32>, Placement, StageTimes), SegmentError> {
+    /// The per-patch output `[rows, cols, C]` for `image`, where it landed
+    /// in the input, and the preprocess/inference times. `what` names it in
+    /// errors.
+    pub fn run(&mut self, image: &RgbImage, what: &str) -> Result<(Array3<f32>, Placement, StageTimes), SegmentError> {
         let start = Instant::now();
         let (tensor, placement) = self.preprocessor.run(image, what)?;
         let preprocess_ms = ms_since(start);
         let start = Instant::now();
-        let features = self.engine.features(tensor)?;
-        let times = StageTimes { preprocess_ms, backbone_ms: ms_since(start), ..Default::default() };
+        let features = self.engine.run(tensor)?;
+        let times = StageTimes { preprocess_ms, inference_ms: ms_since(start), ..Default::default() };
         Ok((features, placement, times))
     }
 }
@@ -89,24 +94,24 @@ pub struct Segmentation {
 }
 
 /// Model directory + its fused graph (backbone → head → concept scores, see
-/// [`crate::onnx::fuse`]) on one engine: RGB frames in, concept label maps
-/// out.
+/// [`crate::model::fused`]) on one engine: RGB frames in, concept label
+/// maps out.
 ///
 /// ```no_run
-/// use causeseg::{engine::Backend, model::Model, Segmenter};
+/// use causeseg::{Backend, Model, Segmenter};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let model = Model::load(std::path::Path::new(causeseg::model::DEFAULT_MODEL_DIR))?;
 /// let cache = causeseg::model::backbone::cache_dir(None);
+/// let model = Model::load(&causeseg::model::bundled::default_model_dir(&cache)?)?;
 /// let mut segmenter = Segmenter::new(model, Backend::Tract, &cache)?;
 /// let frame = image::RgbImage::new(640, 480); // e.g. a camera frame
 /// let result = segmenter.segment(&frame, "frame", None)?;
 /// assert_eq!(result.labels.dimensions(), (640, 480));
-/// println!("backbone took {:.1} ms", result.times.backbone_ms);
+/// println!("inference took {:.1} ms", result.times.inference_ms);
 /// # Ok(()) }
 /// ```
 pub struct Segmenter {
     model: Model,
-    scorer: FeatureExtractor,
+    inference: PatchInference,
 }
 
 impl Segmenter {
@@ -116,8 +121,8 @@ impl Segmenter {
     pub fn new(model: Model, backend: Backend, cache: &Path) -> Result<Self, SegmentError> {
         let backbone = &model.manifest.backbone;
         let graph = fused::fused_graph(&model, &backbone::resolve(backbone, cache)?, cache)?;
-        let scorer = FeatureExtractor::load(graph, model.num_concepts(), backbone.patch_size, &model.manifest.input, backend)?;
-        Ok(Segmenter { model, scorer })
+        let inference = PatchInference::load(graph, model.num_concepts(), backbone.patch_size, &model.manifest.input, backend)?;
+        Ok(Segmenter { model, inference })
     }
 
     /// The loaded model.
@@ -126,14 +131,14 @@ impl Segmenter {
     }
 
     /// The preprocessing + engine half, e.g. to change the resize policy.
-    pub fn extractor_mut(&mut self) -> &mut FeatureExtractor {
-        &mut self.scorer
+    pub fn inference_mut(&mut self) -> &mut PatchInference {
+        &mut self.inference
     }
 
     /// Segments `image`; the label map has `out_size` (default: the image's
     /// own size). `what` names the image in errors.
     pub fn segment(&mut self, image: &RgbImage, what: &str, out_size: Option<(u32, u32)>) -> Result<Segmentation, SegmentError> {
-        let (scores, placement, mut times) = self.scorer.features(image, what)?;
+        let (scores, placement, mut times) = self.inference.run(image, what)?;
         let start = Instant::now();
         let (w, h) = out_size.unwrap_or(image.dimensions());
         let labels = upsample_argmax(&scores, &placement, self.model.manifest.backbone.patch_size, w, h);

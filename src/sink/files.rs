@@ -10,7 +10,8 @@ use image::{GrayImage, RgbImage};
 use crate::pipeline::postprocess::{colorize, legend, overlay};
 
 /// One kind of output image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Visualization {
     /// Concept ids as a mono8 PNG.
     Labels,

@@ -9,7 +9,24 @@ pub use files::{ImageSink, SinkError, Visualization};
 pub use saver::FrameImages;
 pub use stats::StatsSink;
 
-use crate::pipeline::stream::ProcessedFrame;
+use image::GrayImage;
+
+use crate::source::Frame;
+use crate::timing::StageTimes;
+
+/// A segmented frame on its way to the sinks.
+#[derive(Debug, Clone)]
+pub struct ProcessedFrame {
+    /// The captured frame.
+    pub frame: Frame,
+    /// One concept id per pixel, at the frame's size.
+    pub labels: GrayImage,
+    /// Decode, preprocess, inference and postprocess times.
+    pub times: StageTimes,
+    /// Time the decoded frame waited for the model, in milliseconds.
+    pub queue_ms: f64,
+}
+
 
 /// A destination for processed frames in the streaming loop.
 pub trait FrameSink: Send {

@@ -6,7 +6,7 @@
 //! line carries the same index and the source file's stem.
 
 use super::{FrameSink, ImageSink, SinkError};
-use crate::pipeline::stream::ProcessedFrame;
+use super::ProcessedFrame;
 
 /// Saves the visualisations of every `every`-th processed frame.
 pub struct FrameImages {

@@ -3,7 +3,7 @@
 //!
 //! ```json
 //! {"index":7,"name":"coffee","timestamp":1718000000.123,"width":400,"height":300,
-//!  "latency_ms":{"decode":3.1,"queue":0.2,"preprocess":1.9,"backbone":95.0,"postprocess":4.2,"end_to_end":120.5},
+//!  "latency_ms":{"decode":3.1,"queue":0.2,"preprocess":1.9,"inference":95.0,"postprocess":4.2,"end_to_end":120.5},
 //!  "concept_fractions":[0.31,0.0,0.12]}
 //! ```
 //!
@@ -22,8 +22,8 @@ use serde::Serialize;
 
 use super::{FrameSink, SinkError};
 use crate::pipeline::postprocess::concept_fractions;
-use crate::pipeline::stream::ProcessedFrame;
-use crate::pipeline::timing::ms_since;
+use super::ProcessedFrame;
+use crate::timing::ms_since;
 
 /// Appends a JSON line per processed frame to a file.
 pub struct StatsSink {
@@ -48,7 +48,7 @@ struct Latency {
     decode: f64,
     queue: f64,
     preprocess: f64,
-    backbone: f64,
+    inference: f64,
     postprocess: f64,
     end_to_end: f64,
 }
@@ -87,7 +87,7 @@ impl FrameSink for StatsSink {
                 decode: round(t.decode_ms),
                 queue: round(processed.queue_ms),
                 preprocess: round(t.preprocess_ms),
-                backbone: round(t.backbone_ms),
+                inference: round(t.inference_ms),
                 postprocess: round(t.postprocess_ms),
                 end_to_end: round(ms_since(frame.captured)),
             },

@@ -13,8 +13,8 @@ use nokhwa::utils::{ApiBackend, CameraFormat, CameraIndex, FrameFormat, Requeste
 use nokhwa::{Camera, NokhwaError};
 
 use super::{CameraOptions, FrameSource, PixelFormat, SourceError, SourceFrame};
-use crate::pipeline::preprocess::decode_bytes;
-use crate::pipeline::timing::ms_since;
+use super::decode::decode_bytes;
+use crate::timing::ms_since;
 
 /// Wire formats we can turn into RGB.
 const DECODABLE: &[FrameFormat] = &[FrameFormat::MJPEG, FrameFormat::YUYV, FrameFormat::RAWRGB, FrameFormat::GRAY, FrameFormat::NV12];

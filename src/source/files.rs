@@ -1,19 +1,45 @@
 //! Image files as a frame source: one file, a directory (its JPEG and PNG
-//! files in name order) or a glob (`*` and `?` in the file-name part).
+//! files in name order) or a glob (`*` and `?` in the file-name part), or
+//! the sample images bundled in the binary.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use include_dir::{include_dir, Dir};
+
+use super::decode::{decode_bytes, decode_file, list_images};
 use super::uri::has_wildcard;
 use super::{FrameSource, SourceError, SourceFrame};
-use crate::pipeline::preprocess::decode_file;
-use crate::pipeline::timing::ms_since;
+use crate::timing::ms_since;
+
+/// The sample images of `examples/images` (public domain / CC0, see their
+/// README), embedded so that `--source auto` and `bench` work from an
+/// installed binary.
+static SAMPLE_IMAGES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/examples/images");
+
+/// One image of an [`ImageFiles`] source.
+#[derive(Debug, Clone)]
+enum Entry {
+    /// A file on disk.
+    File(PathBuf),
+    /// A bundled sample: its file name and encoded bytes.
+    Bundled(&'static Path, &'static [u8]),
+}
+
+impl Entry {
+    fn path(&self) -> &Path {
+        match self {
+            Entry::File(path) => path,
+            Entry::Bundled(path, _) => path,
+        }
+    }
+}
 
 /// Image files read in order, optionally in a loop.
 #[derive(Debug)]
 pub struct ImageFiles {
     pattern: String,
-    paths: Vec<PathBuf>,
+    entries: Vec<Entry>,
     next: usize,
     looping: bool,
     decoded_this_pass: bool,
@@ -24,7 +50,7 @@ impl ImageFiles {
     pub fn open(pattern: &str, looping: bool) -> Result<Self, SourceError> {
         let path = Path::new(pattern);
         let paths = if path.is_dir() {
-            crate::eval::list_images(path).map_err(|e| SourceError::Open { device: pattern.into(), reason: e.to_string() })?
+            list_images(path).map_err(|e| SourceError::Open { device: pattern.into(), reason: e.to_string() })?
         } else if path.is_file() {
             vec![path.to_path_buf()]
         } else if has_wildcard(pattern) {
@@ -35,18 +61,30 @@ impl ImageFiles {
         if paths.is_empty() {
             return Err(SourceError::NoImages(pattern.into()));
         }
-        Ok(ImageFiles { pattern: pattern.into(), paths, next: 0, looping, decoded_this_pass: false })
+        let entries = paths.into_iter().map(Entry::File).collect();
+        Ok(ImageFiles { pattern: pattern.into(), entries, next: 0, looping, decoded_this_pass: false })
+    }
+
+    /// The sample images bundled in the binary, in name order.
+    pub fn samples(looping: bool) -> Self {
+        let mut entries: Vec<Entry> = SAMPLE_IMAGES
+            .files()
+            .filter(|f| f.path().extension().is_some_and(|e| e == "jpg" || e == "png"))
+            .map(|f| Entry::Bundled(f.path(), f.contents()))
+            .collect();
+        entries.sort_by(|a, b| a.path().cmp(b.path()));
+        ImageFiles { pattern: "bundled sample images".into(), entries, next: 0, looping, decoded_this_pass: false }
     }
 }
 
 impl FrameSource for ImageFiles {
     fn describe(&self) -> String {
         let looping = if self.looping { ", looping" } else { "" };
-        format!("{} ({} image(s){looping})", self.pattern, self.paths.len())
+        format!("{} ({} image(s){looping})", self.pattern, self.entries.len())
     }
 
     fn next_frame(&mut self) -> Result<Option<SourceFrame>, SourceError> {
-        if self.next == self.paths.len() {
+        if self.next == self.entries.len() {
             if !self.looping {
                 return Ok(None);
             }
@@ -55,12 +93,16 @@ impl FrameSource for ImageFiles {
             }
             (self.next, self.decoded_this_pass) = (0, false);
         }
-        let path = &self.paths[self.next];
+        let entry = &self.entries[self.next];
         self.next += 1;
         let start = Instant::now();
-        let image = decode_file(path).map_err(|e| SourceError::Corrupt(e.to_string()))?;
+        let image = match entry {
+            Entry::File(path) => decode_file(path),
+            Entry::Bundled(path, bytes) => decode_bytes(bytes, &path.display().to_string()),
+        };
+        let image = image.map_err(|e| SourceError::Corrupt(e.to_string()))?;
         self.decoded_this_pass = true;
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        let name = entry.path().file_stem().map(|s| s.to_string_lossy().into_owned());
         Ok(Some(SourceFrame::now(image, name, ms_since(start))))
     }
 }
@@ -157,6 +199,17 @@ mod tests {
         let mut files = ImageFiles::open(dir.path().to_str().unwrap(), true).unwrap();
         assert!(matches!(files.next_frame(), Err(SourceError::Corrupt(_))));
         assert!(matches!(files.next_frame(), Err(SourceError::NoImages(_))));
+    }
+
+    #[test]
+    fn bundled_samples_decode() {
+        let mut samples = ImageFiles::samples(false);
+        let mut names = Vec::new();
+        while let Some(frame) = samples.next_frame().unwrap() {
+            assert!(frame.image.width() > 0);
+            names.push(frame.name.unwrap());
+        }
+        assert_eq!(names, ["astronaut", "chelsea", "coffee", "rocket"]);
     }
 
     #[test]

@@ -199,7 +199,7 @@ fn to_frame(sample: &gst::Sample, uri: &str) -> Result<SourceFrame, SourceError>
         pixels.extend_from_slice(&map[y * stride..y * stride + row]);
     }
     let image = image::RgbImage::from_raw(width, height, pixels).ok_or_else(|| corrupt("frame size mismatch"))?;
-    Ok(SourceFrame::now(image, None, crate::pipeline::timing::ms_since(start)))
+    Ok(SourceFrame::now(image, None, crate::timing::ms_since(start)))
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 #[cfg(feature = "camera")]
 pub mod camera;
 pub mod capture;
+pub mod decode;
 pub mod files;
 #[cfg(feature = "gstreamer")]
 pub mod gst;
@@ -28,12 +29,9 @@ use std::time::{Instant, SystemTime};
 use image::RgbImage;
 
 pub use capture::{Backoff, Capture, CaptureCounts};
+pub use decode::{decode_bytes, decode_file, list_images, DecodeError};
 pub use files::ImageFiles;
 pub use uri::SourceUri;
-
-/// The sample images shipped with the repository (public domain / CC0, see
-/// their README); `--source auto` loops over them when there is no camera.
-pub const SAMPLE_IMAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/images");
 
 /// Errors of frame sources; each names the file, device or URI concerned.
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +160,8 @@ pub struct CameraOptions {
 }
 
 /// Camera pixel formats that can be requested.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum PixelFormat {
     /// Motion JPEG: compressed, high resolutions at full frame rate.
     Mjpeg,
@@ -171,7 +170,8 @@ pub enum PixelFormat {
 }
 
 /// Opens the source `uri` names. `auto` picks the first camera (with the
-/// `camera` feature) or else loops over [`SAMPLE_IMAGES`], and logs which.
+/// `camera` feature) or else loops over the bundled sample images
+/// ([`ImageFiles::samples`]), and logs which.
 pub fn open(uri: &SourceUri, options: &SourceOptions) -> Result<Box<dyn FrameSource>, SourceError> {
     Ok(match uri {
         SourceUri::Auto => return open_auto(options),
@@ -200,9 +200,9 @@ fn open_auto(options: &SourceOptions) -> Result<Box<dyn FrameSource>, SourceErro
             log::info!("source auto: camera {}", source.describe());
             return Ok(Box::new(source));
         }
-        log::info!("source auto: no camera found; looping over the bundled sample images in {SAMPLE_IMAGES}");
+        log::info!("source auto: no camera found; looping over the bundled sample images");
     }
     #[cfg(not(feature = "camera"))]
-    log::info!("source auto: built without the camera feature; looping over the bundled sample images in {SAMPLE_IMAGES}");
-    Ok(Box::new(ImageFiles::open(SAMPLE_IMAGES, true)?))
+    log::info!("source auto: built without the camera feature; looping over the bundled sample images");
+    Ok(Box::new(ImageFiles::samples(true)))
 }

@@ -1,67 +1,131 @@
-//! CAUSE training (`causeseg fit --method cause`), on cached backbone
-//! features, with candle's autodiff on the CPU.
-//!
-//! Stages (DESIGN.md, "CAUSE, as the project implements it"):
-//! 0. [`whiten`]: optional centring / PCA whitening of the backbone tokens
-//!    (label-free; folded into the head afterwards).
-//! 1. [`modularity`]: the concept clusterbook (K vectors of size D) by
-//!    modularity maximisation on per-image affinity graphs of grid-sampled
-//!    tokens; initialised from sampled, normalised tokens.
-//! 2. [`head`] + [`contrastive`]: the MLP segmentation head, its projection
-//!    head and EMA teacher, trained with the concept-wise contrastive loss
-//!    against in-batch teacher tokens and the concept bank.
-//! 3. [`probe`]: N concept vectors on the head's features, by spherical
-//!    k-means or by the modularity loss.
-//!
-//! [`evaluate`] measures a trained head + probe on labelled images (labels
-//! are only read there, never by a training stage). [`pipeline`] runs every
-//! stage and writes the model directory.
+//! Learning concepts offline (`causeseg fit`): backbone features of
+//! unlabelled images ([`features`], cached by [`feature_cache`]), then
+//! spherical k-means ([`kmeans`]) or the CAUSE stages ([`cause`], feature
+//! `train`); every method writes its model through
+//! [`ModelWriter`](crate::model::ModelWriter).
 
-pub mod adam;
-pub mod contrastive;
-pub mod data;
-pub mod evaluate;
-pub mod head;
-pub mod modularity;
-pub mod pipeline;
-pub mod probe;
-pub mod tr;
-pub mod whiten;
+#[cfg(feature = "train")]
+pub mod cause;
+pub mod feature_cache;
+pub mod features;
+pub mod kmeans;
 
-use candle_core::{Tensor, D};
+use std::path::PathBuf;
 
-/// Errors of a training run.
+use crate::engine::Backend;
+use crate::model::manifest::{BackboneRef, InputSpec};
+use crate::model::ModelError;
+use crate::pipeline::{PatchInference, SegmentError};
+use crate::source::list_images;
+use feature_cache::FeatureCache;
+use features::{FeatureSet, View};
+
+/// Errors of a fit run.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    /// A tensor operation failed (shape bug or allocation failure).
-    #[error("tensor operation failed: {0}")]
-    Tensor(#[from] candle_core::Error),
-    /// The loss or its gradient became NaN or infinite: training stops,
-    /// nothing is written.
-    #[error("{stage}: the loss or its gradient became {value} at step {step}; training stopped (check the features, try a lower learning rate); no model was written")]
-    NonFinite { stage: &'static str, step: usize, value: f32 },
+    /// An image directory could not be listed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// No usable image was found.
+    #[error("no JPEG or PNG images in {0}")]
+    NoImages(String),
     /// Too little data for what was asked.
     #[error("{0}")]
     TooLittleData(String),
-    /// Inputs that cannot be used.
+    /// Inputs or settings that cannot be used.
     #[error("{0}")]
     Invalid(String),
+    /// The loss or its gradient became NaN or infinite: training stops,
+    /// nothing is written.
+    #[error("{stage}: the loss or its gradient became {value} at step {step}; training stopped (check the features, try a lower learning rate); no model was written")]
+    NonFinite {
+        /// The training stage.
+        stage: &'static str,
+        /// The step it happened at.
+        step: usize,
+        /// The value.
+        value: f32,
+    },
+    /// A tensor operation failed (shape bug or allocation failure).
+    #[cfg(feature = "train")]
+    #[error("tensor operation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+    /// The backbone could not be fetched, loaded or run.
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    /// Reading or writing a model failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
 }
 
 /// Result alias of this module.
 pub type Result<T> = std::result::Result<T, TrainError>;
 
-/// Rows scaled to unit L2 norm (a small epsilon keeps zero rows finite).
-pub fn normalize_rows(x: &Tensor) -> candle_core::Result<Tensor> {
-    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
-    x.broadcast_div(&norm)
+/// All JPEG/PNG files directly inside each of `dirs`.
+pub fn collect_images(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut images = Vec::new();
+    for dir in dirs {
+        images.extend(list_images(dir).map_err(|source| TrainError::Io { path: dir.clone(), source })?);
+    }
+    if images.is_empty() {
+        let names: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        return Err(TrainError::NoImages(names.join(", ")));
+    }
+    Ok(images)
 }
 
-/// Fails with [`TrainError::NonFinite`] unless `value` is finite.
-pub fn check_finite(stage: &'static str, step: usize, value: f32) -> Result<f32> {
-    if value.is_finite() {
-        Ok(value)
-    } else {
-        Err(TrainError::NonFinite { stage, step, value })
+/// The backbone, input geometry and caches a fit run extracts features with.
+#[derive(Debug, Clone)]
+pub struct Extraction {
+    /// The backbone (in the cache).
+    pub backbone: BackboneRef,
+    /// Model input size and normalisation.
+    pub input: InputSpec,
+    /// Engine that runs the backbone for images not cached yet.
+    pub backend: Backend,
+    /// Backbone and feature cache directory.
+    pub cache: PathBuf,
+}
+
+impl Extraction {
+    /// Backbone features of `view` of every readable image of `images`,
+    /// from the feature cache where present; `what` labels the progress bar.
+    pub fn features(&self, images: &[PathBuf], view: View, what: &str) -> Result<FeatureSet> {
+        let cache = FeatureCache::new(&view.cache_root(&self.cache), &self.backbone, &self.input);
+        let inference = || PatchInference::backbone(&self.backbone, &self.input, self.backend, &self.cache);
+        FeatureSet::load(images, &cache, view, inference, what)
+    }
+}
+
+/// What every fit method is asked: which images, how many concepts, where
+/// the model goes.
+#[derive(Debug, Clone)]
+pub struct FitJob {
+    /// The directories the images came from (named in the description).
+    pub image_dirs: Vec<PathBuf>,
+    /// The training images.
+    pub images: Vec<PathBuf>,
+    /// Number of concepts.
+    pub concepts: usize,
+    /// Random seed.
+    pub seed: u64,
+    /// The model directory to write.
+    pub out: PathBuf,
+}
+
+impl FitJob {
+    /// The model's name: the output directory's name.
+    pub fn model_name(&self) -> String {
+        self.out.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned())
+    }
+
+    /// The image directories, comma-separated, for descriptions and errors.
+    pub fn sources(&self) -> String {
+        self.image_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
     }
 }

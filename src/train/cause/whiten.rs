@@ -14,9 +14,10 @@ use nalgebra::{DMatrix, SymmetricEigen};
 use ndarray::{Array1, Array2, Axis};
 use serde::Serialize;
 
-use super::data::FeatureSet;
 use super::{Result, TrainError};
-use crate::pipeline::head::{rows_to_grid, Head, Linear, MlpHead};
+use crate::head::{Head, HeadKind, Weights};
+use crate::linalg::rows_to_grid;
+use crate::train::features::FeatureSet;
 
 /// `z = (x - mean) · projection`: centring, then an optional projection.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,14 +96,14 @@ impl InputTransform {
         }
     }
 
-    /// The transform as one linear layer `Linear(D, d)`.
-    pub fn as_linear(&self) -> Linear {
+    /// The transform as one linear layer `Linear(D, d)`: `(weight, bias)`.
+    pub fn as_linear(&self) -> (Array2<f32>, Array1<f32>) {
         let weight = match &self.projection {
             Some(p) => p.t().to_owned(),
             None => Array2::eye(self.mean.len()),
         };
         let bias = -weight.dot(&self.mean);
-        Linear { weight, bias }
+        (weight, bias)
     }
 
     /// The transform itself as an MLP head whose second branch is zero, so
@@ -110,31 +111,40 @@ impl InputTransform {
     /// probe on transformed tokens then runs like any CAUSE model).
     pub fn as_head(&self) -> Head {
         let (dim, d) = (self.mean.len(), self.output_dim());
-        Head::Mlp(MlpHead {
-            f1: self.as_linear(),
-            f2a: Linear { weight: Array2::zeros((1, dim)), bias: Array1::zeros(1) },
-            f2b: Linear { weight: Array2::zeros((d, 1)), bias: Array1::zeros(d) },
-        })
+        let (weight, bias) = self.as_linear();
+        let mut weights = Weights::default();
+        weights.insert("f1_weight", weight);
+        weights.insert("f1_bias", bias);
+        weights.insert("f2a_weight", Array2::<f32>::zeros((1, dim)));
+        weights.insert("f2a_bias", Array1::<f32>::zeros(1));
+        weights.insert("f2b_weight", Array2::<f32>::zeros((d, 1)));
+        weights.insert("f2b_bias", Array1::<f32>::zeros(d));
+        Head::new(HeadKind::Mlp, weights).expect("an MLP layout")
     }
 
     /// Makes `head`, trained on transformed tokens, accept raw tokens: an
-    /// MLP head's first layers absorb the transform; a TR head gets it as
-    /// its input layer.
+    /// MLP head's first layers (`f1`, `f2a`) absorb the projection and the
+    /// mean; a TR head gets the transform as its `input` layer.
     pub fn fold_into_head(&self, head: &mut Head) {
-        match head {
-            Head::Mlp(h) => self.fold_into(h),
-            Head::Tr(h) => h.input = Some(self.as_linear()),
-        }
-    }
-
-    /// Makes `head`, trained on transformed tokens, accept raw tokens: its
-    /// first layers absorb the projection and the mean.
-    fn fold_into(&self, head: &mut MlpHead) {
-        for layer in [&mut head.f1, &mut head.f2a] {
-            if let Some(p) = &self.projection {
-                layer.weight = layer.weight.dot(&p.t());
+        let kind = head.kind();
+        let weights = head.weights_mut();
+        match kind {
+            HeadKind::Mlp => {
+                for layer in ["f1", "f2a"] {
+                    let mut weight = weights.matrix(&format!("{layer}_weight")).to_owned();
+                    if let Some(p) = &self.projection {
+                        weight = weight.dot(&p.t());
+                    }
+                    let bias = &weights.vector(&format!("{layer}_bias")) - &weight.dot(&self.mean);
+                    weights.insert(format!("{layer}_weight"), weight);
+                    weights.insert(format!("{layer}_bias"), bias);
+                }
             }
-            layer.bias -= &layer.weight.dot(&self.mean);
+            HeadKind::Tr => {
+                let (weight, bias) = self.as_linear();
+                weights.insert("input_weight", weight);
+                weights.insert("input_bias", bias);
+            }
         }
     }
 }
@@ -182,17 +192,23 @@ mod tests {
     fn folded_head_on_raw_tokens_equals_head_on_whitened_tokens() {
         let set = anisotropic_set();
         let (transform, _) = InputTransform::fit(&set, 2).unwrap();
-        let head = MlpHead {
-            f1: Linear { weight: array![[1.0, -2.0]], bias: array![0.5] },
-            f2a: Linear { weight: array![[0.5, 1.0], [-1.0, 0.25]], bias: array![0.1, -0.2] },
-            f2b: Linear { weight: array![[2.0, -1.0]], bias: array![0.3] },
-        };
+        let weights: Weights = [
+            ("f1_weight", array![[1.0f32, -2.0]].into_dyn()),
+            ("f1_bias", array![0.5f32].into_dyn()),
+            ("f2a_weight", array![[0.5f32, 1.0], [-1.0, 0.25]].into_dyn()),
+            ("f2a_bias", array![0.1f32, -0.2].into_dyn()),
+            ("f2b_weight", array![[2.0f32, -1.0]].into_dyn()),
+            ("f2b_bias", array![0.3f32].into_dyn()),
+        ]
+        .into_iter()
+        .collect();
+        let head = Head::new(HeadKind::Mlp, weights).unwrap();
         let mut whitened = FeatureSet::from_grids(set.grids.clone());
         transform.apply(&mut whitened);
         let mut folded = head.clone();
-        transform.fold_into(&mut folded);
-        let a = head.forward(whitened.tokens(0));
-        let b = folded.forward(set.tokens(0));
+        transform.fold_into_head(&mut folded);
+        let a = head.forward(whitened.tokens(0)).unwrap();
+        let b = folded.forward(set.tokens(0)).unwrap();
         assert!(a.iter().zip(b.iter()).all(|(x, y)| (x - y).abs() < 1e-3), "{a} vs {b}");
     }
 
@@ -204,6 +220,22 @@ mod tests {
         transform.apply(&mut whitened);
         let via_head = transform.as_head().apply(set.grids[1].view()).unwrap();
         assert!(via_head.iter().zip(whitened.grids[1].iter()).all(|(a, b)| (a - b).abs() < 1e-4));
+    }
+
+    #[test]
+    fn a_tr_head_takes_the_transform_as_its_input_layer() {
+        let set = anisotropic_set();
+        let (transform, _) = InputTransform::fit(&set, 2).unwrap();
+        let head = crate::head::testing::random_tr(None, 2, 3, (10, 10), 5, 2, 4);
+        let mut whitened = FeatureSet::from_grids(set.grids.clone());
+        transform.apply(&mut whitened);
+        let mut folded = head.clone();
+        transform.fold_into_head(&mut folded);
+        let folded = Head::new(HeadKind::Tr, folded.weights().clone()).unwrap();
+        assert_eq!(folded.input_dim(), 3);
+        let a = head.forward(whitened.tokens(0)).unwrap();
+        let b = folded.forward(set.tokens(0)).unwrap();
+        assert!(a.iter().zip(b.iter()).all(|(x, y)| (x - y).abs() < 1e-3), "{a} vs {b}");
     }
 
     #[test]

@@ -20,13 +20,12 @@
 //!
 //! ```no_run
 //! use std::sync::{atomic::AtomicBool, Arc};
-//! use causeseg::pipeline::stream::{Stream, StreamConfig};
-//! use causeseg::sink::StatsSink;
-//! use causeseg::{engine::Backend, model::Model, source, Segmenter};
+//! use causeseg::{source, Backend, Model, Segmenter, StatsSink, Stream, StreamConfig};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let model = Model::load(std::path::Path::new(causeseg::model::DEFAULT_MODEL_DIR))?;
+//! let cache = causeseg::model::backbone::cache_dir(None);
+//! let model = Model::load(&causeseg::model::bundled::default_model_dir(&cache)?)?;
 //! let concepts = model.num_concepts();
-//! let segmenter = Segmenter::new(model, Backend::Tract, &causeseg::model::backbone::cache_dir(None))?;
+//! let segmenter = Segmenter::new(model, Backend::Tract, &cache)?;
 //! let source = source::open(&source::SourceUri::parse("examples/images")?, &Default::default())?;
 //! let config = StreamConfig { max_frames: Some(10), ..Default::default() };
 //! let mut stream = Stream::new(segmenter, config);
@@ -36,23 +35,26 @@
 //! # Ok(()) }
 //! ```
 
-use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use image::{GrayImage, Rgb, RgbImage};
+use image::{Rgb, RgbImage};
 
-use super::latest::Latest;
-use super::segmenter::{SegmentError, Segmentation, Segmenter};
-use super::timing::{ms_since, peak_rss_bytes, rss_bytes, summarize, timed, StageTimes, Summary};
-use crate::sink::{FrameSink, SinkError};
-use crate::source::{Backoff, Capture, CaptureCounts, Frame, FrameSource, SourceError};
+pub mod latest;
+pub mod report;
 
-/// Latency percentiles cover at most this many recent frames (bounded memory).
-const WINDOW: usize = 10_000;
+use latest::Latest;
+use report::{Counters, OutputStats, Ticker};
+pub use report::StreamReport;
+use crate::pipeline::{SegmentError, Segmentation, Segmenter};
+use crate::sink::{FrameSink, ProcessedFrame, SinkError};
+use crate::timing::{ms_since, peak_rss_bytes, rss_bytes, timed};
+use crate::source::{Backoff, Capture, Frame, FrameSource, SourceError};
+
 /// How long a finished stream waits for a capture thread blocked in its source.
 const CAPTURE_JOIN: Duration = Duration::from_millis(250);
 
@@ -94,19 +96,6 @@ impl FrameSegmenter for Segmenter {
     }
 }
 
-/// A segmented frame on its way to the sinks.
-#[derive(Debug, Clone)]
-pub struct ProcessedFrame {
-    /// The captured frame.
-    pub frame: Frame,
-    /// One concept id per pixel, at the frame's size.
-    pub labels: GrayImage,
-    /// Decode, preprocess, backbone and postprocess times.
-    pub times: StageTimes,
-    /// Time the decoded frame waited for the model, in milliseconds.
-    pub queue_ms: f64,
-}
-
 /// Why a stream stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -125,100 +114,6 @@ pub enum StreamError {
     /// A pipeline thread panicked.
     #[error("the {0} thread panicked")]
     Panicked(&'static str),
-}
-
-/// Counters shared by the three threads.
-#[derive(Default)]
-struct Counters {
-    captured: AtomicU64,
-    dropped: AtomicU64,
-    corrupt: AtomicU64,
-    rejected: AtomicU64,
-    reopens: AtomicU64,
-    processed: AtomicU64,
-}
-
-impl Counters {
-    fn record_capture(&self, counts: CaptureCounts) {
-        self.captured.store(counts.frames, Ordering::Relaxed);
-        self.corrupt.store(counts.corrupt, Ordering::Relaxed);
-        self.reopens.store(counts.reopens, Ordering::Relaxed);
-    }
-
-    fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-}
-
-/// Frames and timings of a finished stream.
-#[derive(Debug, Clone)]
-pub struct StreamReport {
-    /// The source, as it describes itself.
-    pub source: String,
-    /// The warm-up inference, in milliseconds.
-    pub warmup_ms: f64,
-    /// Frames the source delivered.
-    pub captured: u64,
-    /// Frames that went through every stage.
-    pub processed: u64,
-    /// Frames replaced by newer ones before the model got to them, or left
-    /// waiting at stop.
-    pub dropped: u64,
-    /// Corrupt frames skipped (undecodable, or rejected by the model).
-    pub corrupt: u64,
-    /// Times a failed source was reopened.
-    pub reopens: u64,
-    /// Time from the end of the warm-up to the end of the stream.
-    pub elapsed: Duration,
-    /// Sustained throughput: frames per second between the first and the
-    /// last frame out of the pipeline.
-    pub fps: f64,
-    /// Per-stage latency (decode, queue, preprocess, backbone, postprocess,
-    /// sinks) and end to end (capture to sinks done), in milliseconds.
-    pub latency: Vec<(&'static str, Summary)>,
-    /// Resident memory once the first frame is out (everything allocated).
-    pub rss_after_warmup: Option<u64>,
-    /// Resident memory at the end.
-    pub rss_end: Option<u64>,
-    /// Peak resident memory of the process.
-    pub peak_rss: Option<u64>,
-}
-
-impl fmt::Display for StreamReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "source: {}", self.source)?;
-        writeln!(
-            f,
-            "frames: {} processed, {} captured, {} dropped, {} corrupt, {} reopen(s) in {:.1} s (after a {:.0} ms warm-up)",
-            self.processed,
-            self.captured,
-            self.dropped,
-            self.corrupt,
-            self.reopens,
-            self.elapsed.as_secs_f64(),
-            self.warmup_ms
-        )?;
-        writeln!(f, "sustained: {:.2} fps", self.fps)?;
-        if !self.latency.is_empty() {
-            let count = self.latency[0].1.count;
-            writeln!(f, "latency over the last {count} frames (ms):   p50      p99")?;
-        }
-        for (stage, s) in &self.latency {
-            writeln!(f, "  {stage:<34} {:>8.2} {:>8.2}", s.p50, s.p99)?;
-        }
-        let mib = |b: Option<u64>| b.map_or("unknown".into(), |b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)));
-        let growth = match (self.rss_after_warmup, self.rss_end) {
-            (Some(a), Some(b)) if a > 0 => format!(" ({:+.1} %)", (b as f64 - a as f64) / a as f64 * 100.0),
-            _ => String::new(),
-        };
-        write!(
-            f,
-            "memory: RSS {} after warm-up (first frame out), {} at the end{growth}, peak {}",
-            mib(self.rss_after_warmup),
-            mib(self.rss_end),
-            mib(self.peak_rss)
-        )
-    }
 }
 
 /// A segmenter, its sinks and limits: call [`Stream::run`] with a source.
@@ -385,104 +280,6 @@ fn inference_loop<S: FrameSegmenter>(
     Ok(())
 }
 
-/// The most recent `WINDOW` samples of one measurement.
-#[derive(Default)]
-struct Window {
-    values: Vec<f64>,
-    next: usize,
-}
-
-impl Window {
-    fn push(&mut self, value: f64) {
-        if self.values.len() < WINDOW {
-            self.values.push(value);
-        } else {
-            self.values[self.next] = value;
-            self.next = (self.next + 1) % WINDOW;
-        }
-    }
-}
-
-/// Measurement names, in pipeline order, then end to end.
-const MEASURES: [&str; 7] = ["decode", "queue", "preprocess", "backbone", "postprocess", "sinks", "end-to-end (capture to sinks done)"];
-
-/// What the output thread measured.
-#[derive(Default)]
-struct OutputStats {
-    windows: [Window; 7],
-    first_out: Option<Instant>,
-    last_out: Option<Instant>,
-    count: u64,
-    rss_first: Option<u64>,
-}
-
-impl OutputStats {
-    fn record(&mut self, values: [f64; 7]) {
-        for (window, value) in self.windows.iter_mut().zip(values) {
-            window.push(value);
-        }
-        let now = Instant::now();
-        self.first_out.get_or_insert(now);
-        self.last_out = Some(now);
-        self.count += 1;
-        if self.count == 1 {
-            self.rss_first = rss_bytes();
-        }
-    }
-
-    fn fps(&self) -> f64 {
-        match (self.first_out, self.last_out) {
-            (Some(first), Some(last)) if self.count > 1 && last > first => (self.count - 1) as f64 / (last - first).as_secs_f64(),
-            _ => 0.0,
-        }
-    }
-
-    fn summaries(&self) -> Vec<(&'static str, Summary)> {
-        MEASURES.iter().zip(&self.windows).filter_map(|(name, w)| Some((*name, summarize(&w.values)?))).collect()
-    }
-}
-
-/// The periodic log line: FPS and mean stage latencies since the last one.
-struct Ticker {
-    every: Duration,
-    since: Instant,
-    frames: u64,
-    sums: [f64; 7],
-}
-
-impl Ticker {
-    fn new(every: Duration) -> Self {
-        Ticker { every, since: Instant::now(), frames: 0, sums: [0.0; 7] }
-    }
-
-    fn tick(&mut self, values: [f64; 7], counters: &Counters) {
-        self.frames += 1;
-        for (sum, value) in self.sums.iter_mut().zip(values) {
-            *sum += value;
-        }
-        let elapsed = self.since.elapsed();
-        if elapsed < self.every {
-            return;
-        }
-        let mean = |i: usize| self.sums[i] / self.frames as f64;
-        log::info!(
-            "{:.1} fps | decode {:.1} queue {:.1} preprocess {:.1} backbone {:.1} postprocess {:.1} sinks {:.1} | end-to-end {:.1} ms | {} processed, {} dropped, {} corrupt",
-            self.frames as f64 / elapsed.as_secs_f64(),
-            mean(0),
-            mean(1),
-            mean(2),
-            mean(3),
-            mean(4),
-            mean(5),
-            mean(6),
-            Counters::get(&counters.processed),
-            Counters::get(&counters.dropped),
-            Counters::get(&counters.corrupt) + Counters::get(&counters.rejected),
-        );
-        *self = Ticker::new(self.every);
-    }
-}
-
 /// Output thread: channel → sinks, stats and the periodic log; flushes the
 /// sinks at the end.
 fn output_loop(
@@ -502,7 +299,7 @@ fn output_loop(
         }
         counters.processed.fetch_add(1, Ordering::Relaxed);
         let t = processed.times;
-        let values = [t.decode_ms, processed.queue_ms, t.preprocess_ms, t.backbone_ms, t.postprocess_ms, sink_ms, ms_since(processed.frame.captured)];
+        let values = [t.decode_ms, processed.queue_ms, t.preprocess_ms, t.inference_ms, t.postprocess_ms, sink_ms, ms_since(processed.frame.captured)];
         stats.record(values);
         ticker.tick(values, counters);
     }
@@ -513,6 +310,8 @@ fn output_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::timing::StageTimes;
+    use image::GrayImage;
     use crate::source::capture::tests::{FakeCamera, Step};
     use crate::source::{ImageFiles, SourceFrame};
     use std::sync::Mutex;
@@ -592,7 +391,7 @@ mod tests {
         let report = stream.run(Box::new(source), Arc::default()).unwrap();
         assert_eq!((report.processed, report.captured, report.dropped), (7, 7, 0));
         assert_eq!(recorder.0.lock().unwrap().0, (0..7).collect::<Vec<u64>>());
-        assert_eq!(report.latency.len(), MEASURES.len());
+        assert_eq!(report.latency.len(), report::MEASURES.len());
     }
 
     #[test]

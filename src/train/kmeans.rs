@@ -1,12 +1,15 @@
-//! Spherical k-means (cosine similarity) with k-means++ seeding: the concept
-//! mapping that needs no training beyond clustering backbone features.
-//! Deterministic for a given seed.
+//! Spherical k-means (cosine similarity) with k-means++ seeding, and
+//! `fit --method kmeans`: the concept mapping that needs no training beyond
+//! clustering backbone features. Deterministic for a given seed.
 
 use ndarray::{Array2, ArrayView2, Axis};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::l2_normalize_rows;
+use super::features::View;
+use super::{Extraction, FitJob, Result, TrainError};
+use crate::linalg::l2_normalize_rows;
+use crate::model::{Manifest, ModelWriter};
 
 /// Settings of a k-means run.
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +114,43 @@ fn lloyd(points: ArrayView2<f32>, mut centroids: Array2<f32>, max_iterations: us
         }
     }
     KMeans { centroids, objective, iterations }
+}
+
+/// `fit --method kmeans`: clusters the backbone tokens of `job.images` into
+/// `job.concepts` concepts and writes the model directory `job.out`.
+pub fn fit(extraction: &Extraction, job: &FitJob) -> Result<KMeans> {
+    let set = extraction.features(&job.images, View::Full, "features")?;
+    if set.is_empty() {
+        return Err(TrainError::NoImages(format!("{} ({} files, none readable)", job.sources(), job.images.len())));
+    }
+    let tokens = set.unit_tokens();
+    if tokens.nrows() < job.concepts {
+        return Err(TrainError::TooLittleData(format!(
+            "{} patch tokens from {} images is fewer than the {} clusters asked for",
+            tokens.nrows(),
+            set.len(),
+            job.concepts
+        )));
+    }
+    log::info!("clustering {} tokens from {} images into {} concepts", tokens.nrows(), set.len(), job.concepts);
+    let options = KMeansOptions { k: job.concepts, max_iterations: 100, restarts: 3, seed: job.seed };
+    let result = spherical_kmeans(tokens.view(), &options);
+    log::info!("k-means: mean cosine {:.4} after {} iterations", result.objective, result.iterations);
+    let input = &extraction.input;
+    let description = format!(
+        "spherical k-means, {} concepts, seed {}, on {} images from {} at {}x{}",
+        job.concepts,
+        job.seed,
+        set.len(),
+        job.sources(),
+        input.width,
+        input.height
+    );
+    let manifest = Manifest::for_concepts(&job.model_name(), extraction.backbone.clone(), input.clone(), job.concepts, description);
+    let writer = ModelWriter::create(&job.out)?;
+    writer.npy(&manifest.concepts.centroids, &result.centroids)?;
+    writer.finish(Some(&manifest))?;
+    Ok(result)
 }
 
 #[cfg(test)]

@@ -8,11 +8,12 @@ use image::RgbImage;
 use ndarray::{Array2, Array3, ArrayView2, Axis};
 use rand::Rng;
 
+use super::feature_cache::FeatureCache;
 use super::{Result, TrainError};
-use crate::fit::feature_cache::FeatureCache;
-use crate::pipeline::preprocess::decode_file;
-use crate::pipeline::{FeatureExtractor, SegmentError};
+use crate::pipeline::{PatchInference, SegmentError};
+use crate::linalg::l2_normalize_rows;
 use crate::progress::Progress;
+use crate::source::decode_file;
 
 /// Which view of an image the backbone sees: the whole image, its mirror,
 /// or one of CAUSE's five crops (four corners and the centre, each half the
@@ -77,7 +78,7 @@ pub struct FeatureSet {
 
 impl FeatureSet {
     /// Features of `images` from `cache`, computing missing ones with the
-    /// extractor that `make_extractor` builds on first need. Unreadable
+    /// backbone that `make_inference` loads on first need. Unreadable
     /// images are skipped with a warning and counted; none readable is an
     /// error naming how many were tried. `view` picks the whole images,
     /// their mirrors or one of the five crops (give each view its own
@@ -86,31 +87,42 @@ impl FeatureSet {
         images: &[PathBuf],
         cache: &FeatureCache,
         view: View,
-        mut make_extractor: impl FnMut() -> std::result::Result<FeatureExtractor, SegmentError>,
+        mut make_inference: impl FnMut() -> std::result::Result<PatchInference, SegmentError>,
         what: &str,
-    ) -> std::result::Result<Self, SegmentError> {
-        let mut extractor: Option<FeatureExtractor> = None;
+    ) -> Result<Self> {
+        /// Why one image gave no features.
+        enum Failure {
+            /// The image is unusable: skip it.
+            Image(String),
+            /// The backbone failed: stop.
+            Backbone(SegmentError),
+        }
+        let mut inference: Option<PatchInference> = None;
         let mut bar = Progress::new(images.len(), what);
         let mut set = FeatureSet { grids: Vec::new(), paths: Vec::new(), skipped: 0 };
         for path in images {
             let result = cache.get_or_compute(path, || {
-                let image = view.apply(decode_file(path)?);
-                if extractor.is_none() {
-                    extractor = Some(make_extractor()?);
+                let image = view.apply(decode_file(path).map_err(|e| Failure::Image(e.to_string()))?);
+                if inference.is_none() {
+                    inference = Some(make_inference().map_err(Failure::Backbone)?);
                 }
-                let extractor = extractor.as_mut().expect("just built");
-                Ok::<_, SegmentError>(extractor.features(&image, &path.display().to_string())?.0)
+                let inference = inference.as_mut().expect("just built");
+                match inference.run(&image, &path.display().to_string()) {
+                    Ok((grid, _, _)) => Ok(grid),
+                    Err(SegmentError::Preprocess(e)) => Err(Failure::Image(e.to_string())),
+                    Err(e) => Err(Failure::Backbone(e)),
+                }
             });
             match result {
                 Ok(grid) => {
                     set.grids.push(grid);
                     set.paths.push(path.clone());
                 }
-                Err(SegmentError::Preprocess(e)) => {
+                Err(Failure::Image(e)) => {
                     bar.suspend(|| log::warn!("skipped: {e}"));
                     set.skipped += 1;
                 }
-                Err(e) => return Err(e),
+                Err(Failure::Backbone(e)) => return Err(e.into()),
             }
             bar.inc();
         }
@@ -157,6 +169,12 @@ impl FeatureSet {
     /// True when no image is usable.
     pub fn is_empty(&self) -> bool {
         self.grids.is_empty()
+    }
+
+    /// Every token of every grid, `[tokens, D]`, each row scaled to unit norm.
+    pub fn unit_tokens(&self) -> Array2<f32> {
+        let views: Vec<_> = (0..self.len()).map(|i| self.tokens(i)).collect();
+        l2_normalize_rows(ndarray::concatenate(Axis(0), &views).expect("same width"))
     }
 
     /// All tokens of image `i` as `[rows * cols, D]`.

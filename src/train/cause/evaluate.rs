@@ -9,14 +9,14 @@ use std::path::PathBuf;
 use image::GrayImage;
 use ndarray::{Array2, Array3};
 
-use super::data::FeatureSet;
 use super::{Result, TrainError};
 use crate::eval::metrics::{Confusion, Metrics};
-use crate::model::l2_normalize_rows;
+use crate::head::{average_with_flipped, Head};
+use crate::linalg::l2_normalize_rows;
 use crate::model::manifest::InputSpec;
-use crate::pipeline::head::{average_with_flipped, Head};
 use crate::pipeline::postprocess::{concept_scores, upsample_argmax};
 use crate::pipeline::preprocess::Preprocessor;
+use crate::train::features::FeatureSet;
 
 /// Features (and optionally those of the mirrored images) with labels.
 pub struct LabelledFeatures {

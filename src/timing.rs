@@ -12,16 +12,16 @@ pub struct StageTimes {
     pub decode_ms: f64,
     /// Resize and normalisation.
     pub preprocess_ms: f64,
-    /// Backbone inference.
-    pub backbone_ms: f64,
-    /// Concept scores, upsampling and argmax.
+    /// The model's fused graph (backbone, head and concept scores) on the engine.
+    pub inference_ms: f64,
+    /// Upsampling the concept scores and the per-pixel argmax.
     pub postprocess_ms: f64,
 }
 
 impl StageTimes {
     /// Sum of all stages.
     pub fn total_ms(&self) -> f64 {
-        self.decode_ms + self.preprocess_ms + self.backbone_ms + self.postprocess_ms
+        self.decode_ms + self.preprocess_ms + self.inference_ms + self.postprocess_ms
     }
 
     /// Stage names paired with their values, in pipeline order.
@@ -29,7 +29,7 @@ impl StageTimes {
         [
             ("decode", self.decode_ms),
             ("preprocess", self.preprocess_ms),
-            ("backbone", self.backbone_ms),
+            ("inference", self.inference_ms),
             ("postprocess", self.postprocess_ms),
         ]
     }

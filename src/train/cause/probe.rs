@@ -1,19 +1,19 @@
 //! The cluster probe: N concept vectors in the head's output space, by
 //! spherical k-means (the default) or by the modularity loss.
 
-use ndarray::{Array2, Axis};
+use ndarray::Array2;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::data::FeatureSet;
 use super::modularity::{init_from_tokens, train_modularity, ModularityOptions, ModularityReport};
 use super::{Result, TrainError};
-use crate::fit::kmeans::{spherical_kmeans, KMeansOptions};
-use crate::model::l2_normalize_rows;
-use crate::pipeline::head::Head;
+use crate::head::Head;
+use crate::train::features::FeatureSet;
+use crate::train::kmeans::{spherical_kmeans, KMeansOptions};
 
 /// How the probe is fitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum ProbeKind {
     /// Spherical k-means on the head features of every training token.
@@ -30,16 +30,10 @@ pub fn head_features(set: &FeatureSet, head: &Head) -> Result<FeatureSet> {
     Ok(FeatureSet { grids, paths: set.paths.clone(), skipped: set.skipped })
 }
 
-/// Every token of every grid of `features`, `[tokens, R]`, unit-norm rows.
-pub fn all_tokens(features: &FeatureSet) -> Array2<f32> {
-    let views: Vec<_> = (0..features.len()).map(|i| features.tokens(i)).collect();
-    l2_normalize_rows(ndarray::concatenate(Axis(0), &views).expect("same width"))
-}
-
 /// Spherical k-means probe with `k` concepts on the tokens of `features`
 /// (head features, or backbone features for the k-means baseline).
 pub fn kmeans_probe(features: &FeatureSet, k: usize, seed: u64) -> Result<Array2<f32>> {
-    let tokens = all_tokens(features);
+    let tokens = features.unit_tokens();
     if tokens.nrows() < k {
         return Err(TrainError::TooLittleData(format!("{} tokens for {k} concepts", tokens.nrows())));
     }

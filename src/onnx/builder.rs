@@ -1,0 +1,56 @@
+//! [`Builder`]: appends nodes and float32 initializers to an ONNX graph
+//! (every name prefixed `causeseg_`), for the head's emission and the fused
+//! graph.
+
+use ndarray::ArrayViewD;
+
+use super::pb;
+
+/// Appends nodes and initializers (names prefixed `causeseg_`) to a graph.
+pub struct Builder<'a> {
+    /// The graph being extended.
+    pub graph: &'a mut pb::GraphProto,
+}
+
+impl Builder<'_> {
+    /// A float32 initializer named `causeseg_<name>`; returns its name.
+    pub fn initializer(&mut self, name: &str, values: ArrayViewD<f32>) -> String {
+        let name = format!("causeseg_{name}");
+        self.graph.initializer.push(pb::TensorProto {
+            name: name.clone(),
+            dims: values.shape().iter().map(|&d| d as i64).collect(),
+            data_type: pb::tensor_proto::DataType::Float as i32,
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        name
+    }
+
+    /// A node whose output is `causeseg_<name>`.
+    pub fn node(&mut self, op: &str, name: &str, inputs: &[&str], attribute: Vec<pb::AttributeProto>) -> String {
+        self.node_named(op, &format!("causeseg_{name}"), inputs, attribute)
+    }
+
+    /// A node whose single output is exactly `output`.
+    pub fn node_named(&mut self, op: &str, output: &str, inputs: &[&str], attribute: Vec<pb::AttributeProto>) -> String {
+        self.graph.node.push(pb::NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            name: output.into(),
+            op_type: op.into(),
+            attribute,
+            ..Default::default()
+        });
+        output.into()
+    }
+}
+
+/// An integer node attribute.
+pub fn int(name: &str, value: i64) -> pb::AttributeProto {
+    pb::AttributeProto { name: name.into(), i: value, r#type: pb::attribute_proto::AttributeType::Int as i32, ..Default::default() }
+}
+
+/// An integer-list node attribute.
+pub fn ints(name: &str, values: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto { name: name.into(), ints: values.to_vec(), r#type: pb::attribute_proto::AttributeType::Ints as i32, ..Default::default() }
+}

@@ -1,0 +1,197 @@
+//! `fit --method cause` end to end: backbone features of the training
+//! images (and their five crops), the input transform, the stages of
+//! [`run`](super::run::run), an optional measurement on labelled images,
+//! and the model directory.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::evaluate::{evaluate, LabelledFeatures};
+use super::probe::kmeans_probe;
+use super::run::{run, train_clusterbook, CauseOptions};
+use super::whiten::InputTransform;
+use super::{Result, TrainError};
+use crate::eval::pair_by_stem;
+use crate::head::HeadSpec;
+use crate::model::{Manifest, ModelWriter};
+use crate::train::features::View;
+use crate::train::{Extraction, FitJob};
+
+/// Settings of `fit --method cause` around the stages.
+#[derive(Debug, Clone)]
+pub struct FitOptions {
+    /// The stages' settings.
+    pub stages: CauseOptions,
+    /// Also train on CAUSE's five crops of every image.
+    pub five_crop: bool,
+    /// Centre and PCA-whiten the tokens to this many dimensions (0: off).
+    pub whiten: usize,
+    /// With `whiten` 0: centre the tokens on their training mean.
+    pub center_input: bool,
+    /// Only train the clusterbook: the output gets `clusterbook.npy`, no model.
+    pub clusterbook_only: bool,
+    /// Labelled images to measure on after training (labels never reach a
+    /// training stage).
+    pub validation: Option<Validation>,
+}
+
+/// Labelled images to measure a fitted model on.
+#[derive(Debug, Clone)]
+pub struct Validation {
+    /// Image directory.
+    pub images: PathBuf,
+    /// Label PNGs (class ids) matching the images by file stem.
+    pub labels: PathBuf,
+    /// Number of classes in the labels.
+    pub classes: usize,
+    /// Label value left out of the metrics.
+    pub ignore: Option<u8>,
+    /// Also measure with flip averaging.
+    pub flip: bool,
+    /// Also measure the k-means baselines on raw and transformed tokens.
+    pub baseline: bool,
+}
+
+/// Trains a CAUSE model on `job.images` and writes it to `job.out`.
+pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Result<()> {
+    if options.stages.head.batch == 0 {
+        return Err(TrainError::Invalid("--batch must be at least 1".into()));
+    }
+    let started = Instant::now();
+    let mut set = extraction.features(&job.images, View::Full, "features")?;
+    let images_used = set.len();
+    if options.five_crop {
+        let paths = set.paths.clone();
+        for (i, view) in View::FULL_AND_FIVE_CROPS[1..].iter().enumerate() {
+            set.append(extraction.features(&paths, *view, &format!("crop {}/5", i + 1))?);
+        }
+    }
+    if set.is_empty() {
+        return Err(TrainError::NoImages(format!("{} ({} files, none readable)", job.sources(), job.images.len())));
+    }
+    let (rows, cols, dim) = set.geometry()?;
+    let baseline = options.validation.as_ref().is_some_and(|v| v.baseline);
+    let raw_baseline = if baseline { Some(kmeans_probe(&set, job.concepts, job.seed)?) } else { None };
+    // Stage 0: centring / whitening (its own space for every later stage).
+    let transform = if options.stages.head_from.is_none() && (options.center_input || options.whiten > 0) {
+        let (transform, report) = InputTransform::fit(&set, options.whiten)?;
+        log::info!(
+            "input transform: {} dims keep {:.1} % of the variance (top direction {:.1} %)",
+            report.dims,
+            100.0 * report.kept_variance,
+            100.0 * report.top_direction_variance
+        );
+        transform.apply(&mut set);
+        Some((transform, report))
+    } else {
+        None
+    };
+    let transformed_baseline = match (&transform, baseline) {
+        (Some((t, _)), true) => Some((t.as_head(), kmeans_probe(&set, job.concepts, job.seed)?)),
+        _ => None,
+    };
+    log::info!("{images_used} images ({} skipped), {} grids of {rows}x{cols} patches of {dim} features", set.skipped, set.len());
+    if options.clusterbook_only {
+        let (codes, report) = train_clusterbook(&set, &options.stages.clusterbook)?;
+        log::info!("clusterbook: loss {:.4}, {} codes used", report.final_loss, report.used_codes);
+        let writer = ModelWriter::create(&job.out)?;
+        writer.npy("clusterbook.npy", &codes)?;
+        return Ok(writer.finish(None)?);
+    }
+    let mut result = run(&set, &options.stages, job.concepts, options.validation.is_some())?;
+    if let Some((t, _)) = &transform {
+        t.fold_into_head(&mut result.head);
+    }
+    for (stage, s) in &result.seconds {
+        log::info!("{stage}: {s:.1} s");
+    }
+
+    // Measurement on labelled images (never used for training).
+    let mut measured = Vec::new();
+    if let Some(validation) = &options.validation {
+        let pairs = pair_by_stem(&validation.images, &validation.labels).map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let paths: Vec<PathBuf> = pairs.iter().map(|(i, _)| i.clone()).collect();
+        let val = extraction.features(&paths, View::Full, "val features")?;
+        let flipped = if validation.flip { Some(extraction.features(&val.paths, View::Mirrored, "mirrored val")?) } else { None };
+        let labels: Vec<PathBuf> = val.paths.iter().map(|p| pairs.iter().find(|(i, _)| i == p).expect("paired").1.clone()).collect();
+        let data = LabelledFeatures::new(val, flipped, &labels, validation.classes, validation.ignore)?;
+        let patch = extraction.backbone.patch_size;
+        let flips: &[bool] = if validation.flip { &[false, true] } else { &[false] };
+        let probes = raw_baseline
+            .iter()
+            .map(|p| ("baseline-kmeans-raw".to_string(), None, p))
+            .chain(transformed_baseline.iter().map(|(h, p)| ("baseline-kmeans-transformed".to_string(), Some(h), p)))
+            .chain(result.probes.iter().map(|(kind, p)| (format!("{kind:?}").to_lowercase(), Some(&result.head), p)));
+        for (name, head, probe) in probes {
+            for &flip in flips {
+                let m = evaluate(&data, head, probe, flip, &extraction.input, patch)?;
+                log::info!("val: probe {name}, flip {flip}: mIoU {:.2} %, pixel accuracy {:.2} %", m.miou, m.pixel_accuracy);
+                measured.push(json!({"probe": name, "flip": flip, "miou": m.miou, "pixel_accuracy": m.pixel_accuracy, "per_class_iou": m.per_class_iou}));
+            }
+        }
+    }
+
+    let probe_kind = options.stages.probe;
+    let probe = result.probe(probe_kind).expect("the chosen probe is always fitted");
+    let input = &extraction.input;
+    let description = format!(
+        "CAUSE-{}{}{}: clusterbook {} x {}, head {} -> {}, {:?} probe with {} concepts, seed {}, on {} images from {} at {}x{}",
+        format!("{:?}", result.head.kind()).to_uppercase(),
+        match &transform {
+            Some((t, r)) if t.projection.is_some() => format!(" on tokens whitened to {} dims", r.dims),
+            Some(_) => " on centred tokens".to_string(),
+            None => String::new(),
+        },
+        if options.five_crop { " with five-crop training" } else { "" },
+        result.clusterbook.nrows(),
+        result.clusterbook.ncols(),
+        dim,
+        result.head.output_dim(),
+        probe_kind,
+        job.concepts,
+        job.seed,
+        images_used,
+        job.sources(),
+        input.width,
+        input.height
+    );
+    let mut manifest = Manifest::for_concepts(&job.model_name(), extraction.backbone.clone(), input.clone(), job.concepts, description);
+    manifest.head = Some(HeadSpec {
+        kind: result.head.kind(),
+        dir: "head".into(),
+        output_dim: result.head.output_dim(),
+        clusterbook: Some("clusterbook.npy".into()),
+    });
+    let report = json!({
+        "images": images_used,
+        "five_crop": options.five_crop,
+        "skipped": set.skipped,
+        "seconds": result.seconds.iter().map(|(s, t)| json!({"stage": s, "seconds": t})).collect::<Vec<_>>(),
+        "total_seconds": started.elapsed().as_secs_f64(),
+        "clusterbook": result.clusterbook_report.as_ref().map(|r| json!({"final_loss": r.final_loss, "used_codes": r.used_codes, "restarted": r.restarted})),
+        "head": result.head_report,
+        "head_options": options.stages.head,
+        "probe": probe_kind,
+        "input_transform": transform.as_ref().map(|(_, r)| r),
+        "center_output": options.stages.center,
+        "modularity_probe": result.probe_report.as_ref().map(|r| json!({"final_loss": r.final_loss, "used_codes": r.used_codes})),
+        "validation": measured,
+    });
+    let writer = ModelWriter::create(&job.out)?;
+    writer.npy(&manifest.concepts.centroids, probe)?;
+    writer.npy("clusterbook.npy", &result.clusterbook)?;
+    if let Some((t, _)) = &transform {
+        // The clusterbook lives in the transformed space: (x - mean) · projection.
+        writer.npy("input_mean.npy", &t.mean)?;
+        if let Some(p) = &t.projection {
+            writer.npy("input_projection.npy", p)?;
+        }
+    }
+    writer.head("head", &result.head)?;
+    writer.text("training.json", &serde_json::to_string_pretty(&report).expect("json"))?;
+    writer.finish(Some(&manifest))?;
+    log::info!("trained in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
