@@ -105,6 +105,72 @@ mod trained {
         assert!(labels.pixels().all(|p| p.0[0] < 3));
     }
 
+    /// Three CamVid images of each of two drives, with their labels, copied
+    /// into a temporary directory (never into the repository).
+    fn two_drives(dir: &Path) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+        let camvid = common::require(common::shared_dir().join("data/camvid/train"), "CamVid train")?;
+        let (images, labels) = (dir.join("images"), dir.join("labels"));
+        std::fs::create_dir_all(&images).unwrap();
+        std::fs::create_dir_all(&labels).unwrap();
+        let all = causeseg::source::list_images(&camvid.join("images")).unwrap();
+        for drive in ["0001TP", "0006R0"] {
+            for image in all.iter().filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(drive)).take(3) {
+                let stem = image.file_stem().unwrap().to_string_lossy().into_owned();
+                std::fs::copy(image, images.join(image.file_name().unwrap())).unwrap();
+                std::fs::copy(camvid.join("labels").join(format!("{stem}.png")), labels.join(format!("{stem}.png"))).unwrap();
+            }
+        }
+        Some((images, labels))
+    }
+
+    #[test]
+    fn protocol_holds_each_drive_out() {
+        if common::backbone().is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let Some((images, labels)) = two_drives(dir.path()) else { return };
+        let json = dir.path().join("folds.jsonl");
+        let mut args = vec![
+            "protocol", "--images", images.to_str().unwrap(), "--labels", labels.to_str().unwrap(), "--classes", "11", "--ignore", "11",
+            "--seeds", "0,1", "--methods", "kmeans,kmeans-whitened,cause", "--head", "tr", "--json", json.to_str().unwrap(),
+        ];
+        args.extend_from_slice(TINY);
+        let output = causeseg(&args);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let lines: Vec<serde_json::Value> =
+            std::fs::read_to_string(&json).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2 * 3 * 2, "2 drives x 3 methods x 2 seeds");
+        for line in &lines {
+            // Trained on the other drive's 3 images, measured on the held-out 3.
+            assert_eq!((line["train_images"].as_u64(), line["test_images"].as_u64()), (Some(3), Some(3)), "{line}");
+            assert!((0.0..=100.0).contains(&line["miou"].as_f64().unwrap()), "{line}");
+        }
+        let table = String::from_utf8_lossy(&output.stdout);
+        for needle in ["held-out 0001TP", "held-out 0006R0", "mean of folds", "kmeans-whitened", "cause"] {
+            assert!(table.contains(needle), "{needle} missing from:\n{table}");
+        }
+    }
+
+    #[test]
+    fn protocol_needs_two_drives_and_matching_label_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((images, labels)) = two_drives(dir.path()) else { return };
+        let output = causeseg(&["protocol", "--images", images.to_str().unwrap(), "--classes", "11", "--labels", labels.to_str().unwrap(), "--labels", labels.to_str().unwrap()]);
+        common::assert_clean_error(&output, "one --labels directory per --images directory");
+        if common::backbone().is_none() {
+            return;
+        }
+        for file in std::fs::read_dir(&images).unwrap() {
+            let path = file.unwrap().path();
+            if path.file_name().unwrap().to_string_lossy().starts_with("0006R0") {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+        let output = causeseg(&["protocol", "--images", images.to_str().unwrap(), "--labels", labels.to_str().unwrap(), "--classes", "11", "--size", "224x168"]);
+        common::assert_clean_error(&output, "come from 1 drive(s); leaving one out needs at least two");
+    }
+
     #[test]
     fn empty_directory_is_a_clear_error_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();

@@ -48,6 +48,8 @@ pub struct FitArgs {
     backend: Backend,
     #[command(flatten)]
     cause: cause::CauseArgs,
+    #[command(flatten)]
+    validation: cause::ValidationArgs,
 }
 
 pub fn run(args: FitArgs, cache: &Path) -> anyhow::Result<()> {
@@ -65,14 +67,14 @@ pub fn run(args: FitArgs, cache: &Path) -> anyhow::Result<()> {
         Method::Kmeans => {
             kmeans::fit(&extraction, &job)?;
         }
-        Method::Cause => cause::run(&args.cause, &extraction, &job)?,
+        Method::Cause => cause::run(&args.cause, &args.validation, &extraction, &job)?,
     }
     println!("{}", job.out.display());
     Ok(())
 }
 
 /// `--method cause`: options, and the run (with the `train` feature).
-mod cause {
+pub mod cause {
     use std::path::PathBuf;
 
     use causeseg::train::{Extraction, FitJob};
@@ -175,6 +177,13 @@ mod cause {
         /// Modularity-probe learning rate.
         #[arg(long, default_value_t = 1e-3)]
         pub probe_lr: f64,
+    }
+
+    /// Measurement after `fit --method cause` (never used for training).
+    #[derive(Debug, Clone, clap::Args)]
+    #[command(next_help_heading = "Measurement (--method cause)")]
+    #[cfg_attr(not(feature = "train"), allow(dead_code))]
+    pub struct ValidationArgs {
         /// Measurement only: labelled images to report mIoU on after
         /// training (labels never reach any training stage).
         #[arg(long, requires = "val_labels")]
@@ -216,81 +225,89 @@ mod cause {
     }
 
     #[cfg(not(feature = "train"))]
-    pub fn run(_: &CauseArgs, _: &Extraction, _: &FitJob) -> anyhow::Result<()> {
+    pub fn run(_: &CauseArgs, _: &ValidationArgs, _: &Extraction, _: &FitJob) -> anyhow::Result<()> {
         anyhow::bail!("--method cause needs a build with the `train` feature: cargo build --features train")
     }
 
     /// Maps the arguments onto the library's settings and fits.
     #[cfg(feature = "train")]
-    pub fn run(args: &CauseArgs, extraction: &Extraction, job: &FitJob) -> anyhow::Result<()> {
-        use causeseg::head::HeadKind;
-        use causeseg::train::cause::fit::{fit, FitOptions, Validation};
-        use causeseg::train::cause::head_training::HeadOptions;
-        use causeseg::train::cause::modularity::ModularityOptions;
-        use causeseg::train::cause::probe::ProbeKind;
-        use causeseg::train::cause::run::CauseOptions;
-
-        let clusterbook = ModularityOptions {
-            codes: args.clusterbook_size,
-            epochs: args.clusterbook_epochs,
-            batch: args.batch,
-            lr: args.clusterbook_lr,
-            tau: 0.1,
-            window: 4,
-            restart_dead: args.restart_dead_codes,
-            seed: job.seed,
-        };
-        let head = HeadOptions {
-            epochs: args.head_epochs,
-            batch: args.batch,
-            lr: args.head_lr,
-            temperature: args.temperature,
-            positive: args.positive,
-            negative: args.negative,
-            ema: args.ema,
-            dropout: args.dropout,
-            bank_per_concept: args.bank,
-            bank_sample: args.bank_sample,
-            reduced_dim: args.reduced_dim,
-            projection_dim: args.projection_dim,
-            seed: job.seed,
-            ..HeadOptions::default()
-        };
-        let stages = CauseOptions {
-            clusterbook,
-            clusterbook_file: args.clusterbook.clone(),
-            head,
-            head_from: args.head_from.clone(),
-            arch: match args.head {
-                HeadArch::Mlp => HeadKind::Mlp,
-                HeadArch::Tr => HeadKind::Tr,
-            },
-            probe: match args.probe {
-                ProbeArg::Kmeans => ProbeKind::Kmeans,
-                ProbeArg::Modularity => ProbeKind::Modularity,
-            },
-            probe_modularity: ModularityOptions { epochs: args.probe_epochs, lr: args.probe_lr, ..clusterbook },
-            center: args.center,
-        };
-        let validation = match (&args.val_images, &args.val_labels) {
+    pub fn run(args: &CauseArgs, val: &ValidationArgs, extraction: &Extraction, job: &FitJob) -> anyhow::Result<()> {
+        use causeseg::train::cause::fit::{fit, Validation};
+        let validation = match (&val.val_images, &val.val_labels) {
             (Some(images), Some(labels)) => Some(Validation {
                 images: images.clone(),
                 labels: labels.clone(),
-                classes: args.val_classes,
-                ignore: args.val_ignore,
-                flip: args.val_flip,
-                baseline: args.val_baseline,
+                classes: val.val_classes,
+                ignore: val.val_ignore,
+                flip: val.val_flip,
+                baseline: val.val_baseline,
             }),
             _ => None,
         };
-        let options = FitOptions {
-            stages,
-            five_crop: args.five_crop,
-            whiten: args.whiten,
-            center_input: args.center_input,
-            clusterbook_only: args.clusterbook_only,
-            validation,
-        };
-        Ok(fit(extraction, job, &options)?)
+        Ok(fit(extraction, job, &args.options(job.seed, validation))?)
+    }
+
+    #[cfg(feature = "train")]
+    impl CauseArgs {
+        /// The library's settings for these arguments, every stage seeded by `seed`.
+        pub fn options(&self, seed: u64, validation: Option<causeseg::train::cause::fit::Validation>) -> causeseg::train::cause::fit::FitOptions {
+            use causeseg::head::HeadKind;
+            use causeseg::train::cause::fit::FitOptions;
+            use causeseg::train::cause::head_training::HeadOptions;
+            use causeseg::train::cause::modularity::ModularityOptions;
+            use causeseg::train::cause::probe::ProbeKind;
+            use causeseg::train::cause::run::CauseOptions;
+            let args = self;
+            let clusterbook = ModularityOptions {
+                codes: args.clusterbook_size,
+                epochs: args.clusterbook_epochs,
+                batch: args.batch,
+                lr: args.clusterbook_lr,
+                tau: 0.1,
+                window: 4,
+                restart_dead: args.restart_dead_codes,
+                seed,
+            };
+            let head = HeadOptions {
+                epochs: args.head_epochs,
+                batch: args.batch,
+                lr: args.head_lr,
+                temperature: args.temperature,
+                positive: args.positive,
+                negative: args.negative,
+                ema: args.ema,
+                dropout: args.dropout,
+                bank_per_concept: args.bank,
+                bank_sample: args.bank_sample,
+                reduced_dim: args.reduced_dim,
+                projection_dim: args.projection_dim,
+                seed,
+                ..HeadOptions::default()
+            };
+            let stages = CauseOptions {
+                clusterbook,
+                clusterbook_file: args.clusterbook.clone(),
+                head,
+                head_from: args.head_from.clone(),
+                arch: match args.head {
+                    HeadArch::Mlp => HeadKind::Mlp,
+                    HeadArch::Tr => HeadKind::Tr,
+                },
+                probe: match args.probe {
+                    ProbeArg::Kmeans => ProbeKind::Kmeans,
+                    ProbeArg::Modularity => ProbeKind::Modularity,
+                },
+                probe_modularity: ModularityOptions { epochs: args.probe_epochs, lr: args.probe_lr, ..clusterbook },
+                center: args.center,
+            };
+            FitOptions {
+                stages,
+                five_crop: args.five_crop,
+                whiten: args.whiten,
+                center_input: args.center_input,
+                clusterbook_only: args.clusterbook_only,
+                validation,
+            }
+        }
     }
 }

@@ -4,6 +4,7 @@ mod bench;
 mod eval;
 mod fit;
 mod models;
+mod protocol;
 mod run;
 mod segment;
 
@@ -42,6 +43,9 @@ enum Command {
     Segment(segment::SegmentArgs),
     /// Score a model against labelled images (Hungarian-matched mIoU).
     Eval(eval::EvalArgs),
+    /// Leave-one-drive-out quality protocol: fit on all drives but one,
+    /// measure on that one, for every drive, method and seed.
+    Protocol(protocol::ProtocolArgs),
     /// Measure per-stage latency and peak memory.
     Bench(bench::BenchArgs),
     /// Stream frames from a camera, GStreamer pipeline or image files
@@ -98,6 +102,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Fit(args) => fit::run(args, &cache),
         Command::Segment(args) => segment::run(args, &cache),
         Command::Eval(args) => eval::run(args, &cache),
+        Command::Protocol(args) => protocol::run(args, &cache),
         Command::Bench(args) => bench::run(args, &cache),
         Command::Run(args) => run::run(args, &cache),
     }

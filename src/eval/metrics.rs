@@ -86,6 +86,7 @@ impl Confusion {
             miou: if present.is_empty() { 0.0 } else { present.iter().sum::<f64>() / present.len() as f64 },
             pixel_accuracy: if total == 0 { 0.0 } else { 100.0 * matched as f64 / total as f64 },
             per_class_iou,
+            dead_clusters: (0..self.clusters).filter(|&k| cluster_total(k) == 0).count(),
             assignment,
         }
     }
@@ -100,6 +101,8 @@ pub struct Metrics {
     pub pixel_accuracy: f64,
     /// IoU per class (`None`: class absent from labels and predictions).
     pub per_class_iou: Vec<Option<f64>>,
+    /// Clusters that win no labelled pixel (dead concepts).
+    pub dead_clusters: usize,
     /// Class matched to each cluster.
     pub assignment: Vec<Option<usize>>,
 }

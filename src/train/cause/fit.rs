@@ -10,11 +10,13 @@ use serde_json::json;
 
 use super::evaluate::{evaluate, LabelledFeatures};
 use super::probe::kmeans_probe;
-use super::run::{run, train_clusterbook, CauseOptions};
-use super::whiten::InputTransform;
+use super::run::{run, train_clusterbook, CauseOptions, CauseResult};
+use super::whiten::{InputTransform, WhiteningReport};
 use super::{Result, TrainError};
 use crate::eval::pair_by_stem;
-use crate::head::HeadSpec;
+use crate::head::{Head, HeadSpec};
+use crate::train::features::FeatureSet;
+use ndarray::Array2;
 use crate::model::{Manifest, ModelWriter};
 use crate::train::features::View;
 use crate::train::{Extraction, FitJob};
@@ -72,38 +74,20 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
         return Err(TrainError::NoImages(format!("{} ({} files, none readable)", job.sources(), job.images.len())));
     }
     let (rows, cols, dim) = set.geometry()?;
+    log::info!("{images_used} images ({} skipped), {} grids of {rows}x{cols} patches of {dim} features", set.skipped, set.len());
     let baseline = options.validation.as_ref().is_some_and(|v| v.baseline);
     let raw_baseline = if baseline { Some(kmeans_probe(&set, job.concepts, job.seed)?) } else { None };
-    // Stage 0: centring / whitening (its own space for every later stage).
-    let transform = if options.stages.head_from.is_none() && (options.center_input || options.whiten > 0) {
-        let (transform, report) = InputTransform::fit(&set, options.whiten)?;
-        log::info!(
-            "input transform: {} dims keep {:.1} % of the variance (top direction {:.1} %)",
-            report.dims,
-            100.0 * report.kept_variance,
-            100.0 * report.top_direction_variance
-        );
-        transform.apply(&mut set);
-        Some((transform, report))
-    } else {
-        None
-    };
-    let transformed_baseline = match (&transform, baseline) {
-        (Some((t, _)), true) => Some((t.as_head(), kmeans_probe(&set, job.concepts, job.seed)?)),
-        _ => None,
-    };
-    log::info!("{images_used} images ({} skipped), {} grids of {rows}x{cols} patches of {dim} features", set.skipped, set.len());
     if options.clusterbook_only {
+        let (set, _) = transform_input(set, options)?;
         let (codes, report) = train_clusterbook(&set, &options.stages.clusterbook)?;
         log::info!("clusterbook: loss {:.4}, {} codes used", report.final_loss, report.used_codes);
         let writer = ModelWriter::create(&job.out)?;
         writer.npy("clusterbook.npy", &codes)?;
         return Ok(writer.finish(None)?);
     }
-    let mut result = run(&set, &options.stages, job.concepts, options.validation.is_some())?;
-    if let Some((t, _)) = &transform {
-        t.fold_into_head(&mut result.head);
-    }
+    let skipped = set.skipped;
+    let trained = train(set, options, job.concepts, options.validation.is_some(), baseline)?;
+    let Trained { result, transform, transformed_baseline } = &trained;
     for (stage, s) in &result.seconds {
         log::info!("{stage}: {s:.1} s");
     }
@@ -139,7 +123,7 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
     let description = format!(
         "CAUSE-{}{}{}: clusterbook {} x {}, head {} -> {}, {:?} probe with {} concepts, seed {}, on {} images from {} at {}x{}",
         format!("{:?}", result.head.kind()).to_uppercase(),
-        match &transform {
+        match transform {
             Some((t, r)) if t.projection.is_some() => format!(" on tokens whitened to {} dims", r.dims),
             Some(_) => " on centred tokens".to_string(),
             None => String::new(),
@@ -167,7 +151,7 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
     let report = json!({
         "images": images_used,
         "five_crop": options.five_crop,
-        "skipped": set.skipped,
+        "skipped": skipped,
         "seconds": result.seconds.iter().map(|(s, t)| json!({"stage": s, "seconds": t})).collect::<Vec<_>>(),
         "total_seconds": started.elapsed().as_secs_f64(),
         "clusterbook": result.clusterbook_report.as_ref().map(|r| json!({"final_loss": r.final_loss, "used_codes": r.used_codes, "restarted": r.restarted})),
@@ -182,7 +166,7 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
     let writer = ModelWriter::create(&job.out)?;
     writer.npy(&manifest.concepts.centroids, probe)?;
     writer.npy("clusterbook.npy", &result.clusterbook)?;
-    if let Some((t, _)) = &transform {
+    if let Some((t, _)) = transform {
         // The clusterbook lives in the transformed space: (x - mean) · projection.
         writer.npy("input_mean.npy", &t.mean)?;
         if let Some(p) = &t.projection {
@@ -194,4 +178,51 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
     writer.finish(Some(&manifest))?;
     log::info!("trained in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// A trained CAUSE model, before it is written.
+pub struct Trained {
+    /// The stages' output; the head already takes raw backbone tokens (the
+    /// input transform is folded in).
+    pub result: CauseResult,
+    /// The input transform the stages ran in, and its report.
+    pub transform: Option<(InputTransform, WhiteningReport)>,
+    /// With `baselines`: k-means on the transformed tokens, as a head (the
+    /// transform) and its probe.
+    pub transformed_baseline: Option<(Head, Array2<f32>)>,
+}
+
+/// Centres / whitens the tokens of `set` as `options` ask (not when a head
+/// is reused: it carries its own transform).
+fn transform_input(mut set: FeatureSet, options: &FitOptions) -> Result<(FeatureSet, Option<(InputTransform, WhiteningReport)>)> {
+    if options.stages.head_from.is_some() || !(options.center_input || options.whiten > 0) {
+        return Ok((set, None));
+    }
+    let (transform, report) = InputTransform::fit(&set, options.whiten)?;
+    log::info!(
+        "input transform: {} dims keep {:.1} % of the variance (top direction {:.1} %)",
+        report.dims,
+        100.0 * report.kept_variance,
+        100.0 * report.top_direction_variance
+    );
+    transform.apply(&mut set);
+    Ok((set, Some((transform, report))))
+}
+
+/// Stage 0 (the input transform) and the stages of [`run`] on the backbone
+/// features `set` (with any extra views appended), label-free; the
+/// transform is folded into the head. `compare_probes` also fits the probe
+/// that is not written; `baselines` also fits k-means on the transformed
+/// tokens.
+pub fn train(set: FeatureSet, options: &FitOptions, concepts: usize, compare_probes: bool, baselines: bool) -> Result<Trained> {
+    let (set, transform) = transform_input(set, options)?;
+    let transformed_baseline = match (&transform, baselines) {
+        (Some((t, _)), true) => Some((t.as_head(), kmeans_probe(&set, concepts, options.stages.head.seed)?)),
+        _ => None,
+    };
+    let mut result = run(&set, &options.stages, concepts, compare_probes)?;
+    if let Some((t, _)) = &transform {
+        t.fold_into_head(&mut result.head);
+    }
+    Ok(Trained { result, transform, transformed_baseline })
 }

@@ -27,6 +27,7 @@ pub mod fit;
 pub mod head_training;
 pub mod modularity;
 pub mod probe;
+pub mod protocol;
 pub mod run;
 pub mod whiten;
 

@@ -38,6 +38,17 @@ pub struct CauseOptions {
     pub center: bool,
 }
 
+impl CauseOptions {
+    /// The same settings with every stage seeded by `seed`.
+    pub fn with_seed(&self, seed: u64) -> Self {
+        let mut options = self.clone();
+        options.clusterbook.seed = seed;
+        options.head.seed = seed;
+        options.probe_modularity.seed = seed;
+        options
+    }
+}
+
 /// Everything a run produced.
 pub struct CauseResult {
     /// `[K, D]` clusterbook.

@@ -1,0 +1,116 @@
+//! `causeseg protocol`: the leave-one-drive-out quality protocol (fit on
+//! every drive but one, measure on that one), for several methods and seeds.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use causeseg::engine::Backend;
+use causeseg::model::backbone::{self, DINOV2_VITS14};
+use causeseg::model::manifest::{InputSpec, ResizePolicy, IMAGENET_MEAN, IMAGENET_STD};
+
+/// Options of `causeseg protocol`.
+#[derive(Debug, clap::Args)]
+pub struct ProtocolArgs {
+    /// Directory of labelled images (repeatable); the drive of an image is
+    /// its file-stem prefix before the first `_` (CamVid: 0001TP, ...).
+    #[arg(long, required = true)]
+    images: Vec<PathBuf>,
+    /// Label directory of each --images directory, in the same order
+    /// (class-id PNGs matched by file stem).
+    #[arg(long, required = true)]
+    labels: Vec<PathBuf>,
+    /// Number of classes; as many concepts are fitted.
+    #[arg(long)]
+    classes: usize,
+    /// Label id left out of the metrics (11 for CamVid).
+    #[arg(long)]
+    ignore: Option<u8>,
+    /// Seeds, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+    seeds: Vec<u64>,
+    /// Methods, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "kmeans,kmeans-whitened,cause")]
+    methods: Vec<MethodArg>,
+    /// Model input size, WIDTHxHEIGHT.
+    #[arg(long, value_parser = super::parse_size, default_value = "448x336")]
+    size: (u32, u32),
+    /// Backbone file in the cache.
+    #[arg(long, default_value = DINOV2_VITS14.file)]
+    backbone: String,
+    /// Engine for feature extraction.
+    #[arg(long, value_enum, default_value_t = Backend::Tract)]
+    backend: Backend,
+    /// Append one JSON line per fold, method and seed to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    cause: super::fit::cause::CauseArgs,
+}
+
+/// The methods compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[cfg_attr(not(feature = "train"), allow(dead_code))]
+enum MethodArg {
+    /// Spherical k-means on the raw backbone tokens.
+    Kmeans,
+    /// Spherical k-means on the tokens whitened to --whiten dimensions.
+    KmeansWhitened,
+    /// CAUSE with the --head, --whiten, ... settings.
+    Cause,
+}
+
+#[cfg(not(feature = "train"))]
+pub fn run(_: ProtocolArgs, _: &Path) -> anyhow::Result<()> {
+    anyhow::bail!("protocol needs a build with the `train` feature: cargo build --features train")
+}
+
+/// Pairs the images with their labels, runs the protocol, prints the table.
+#[cfg(feature = "train")]
+pub fn run(args: ProtocolArgs, cache: &Path) -> anyhow::Result<()> {
+    use causeseg::train::cause::protocol::{run_protocol, table, Method};
+    use causeseg::train::Extraction;
+
+    anyhow::ensure!(args.images.len() == args.labels.len(), "give one --labels directory per --images directory ({} and {})", args.images.len(), args.labels.len());
+    anyhow::ensure!(args.classes >= 1 && args.classes <= 255, "--classes must be between 1 and 255, got {}", args.classes);
+    let mut pairs = Vec::new();
+    for (images, labels) in args.images.iter().zip(&args.labels) {
+        pairs.extend(causeseg::eval::pair_by_stem(images, labels)?);
+    }
+    let backbone = backbone::reference(&args.backbone, cache)?;
+    let (width, height) = args.size;
+    let input = InputSpec { width, height, mean: IMAGENET_MEAN, std: IMAGENET_STD, resize: ResizePolicy::Stretch };
+    let extraction = Extraction { backbone, input, backend: args.backend, cache: cache.to_path_buf() };
+    let methods: Vec<Method> = args
+        .methods
+        .iter()
+        .map(|m| match m {
+            MethodArg::Kmeans => Method::Kmeans,
+            MethodArg::KmeansWhitened => Method::KmeansWhitened,
+            MethodArg::Cause => Method::Cause,
+        })
+        .collect();
+    let mut json = match &args.json {
+        Some(path) => Some(std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?),
+        None => None,
+    };
+    let options = args.cause.options(0, None);
+    let results = run_protocol(&extraction, &pairs, args.classes, args.ignore, &methods, &args.seeds, &options, |r| {
+        log::info!(
+            "{:?} held-out {} seed {}: mIoU {:.2} %, pixel accuracy {:.2} %, {} dead concepts ({} train / {} test images, fit {:.0} s)",
+            r.method,
+            r.drive,
+            r.seed,
+            r.miou,
+            r.pixel_accuracy,
+            r.dead_concepts,
+            r.train_images,
+            r.test_images,
+            r.fit_seconds
+        );
+        if let Some(file) = json.as_mut() {
+            let _ = writeln!(file, "{}", serde_json::to_string(r).expect("serialisable"));
+        }
+    })?;
+    print!("{}", table(&results));
+    Ok(())
+}

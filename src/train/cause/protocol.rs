@@ -1,0 +1,254 @@
+//! The leave-one-drive-out protocol: concepts must hold on footage the
+//! training never saw. Labelled images are grouped by drive (the file-stem
+//! prefix before the first `_`, e.g. CamVid's `0001TP`, `0006R0`,
+//! `0016E5`); for every drive, each method is fitted on the other drives'
+//! images (labels unused) and measured on the held-out drive's images, for
+//! every seed. Every number it reports comes from images the fitted model
+//! never trained on.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ndarray::Array2;
+use serde::Serialize;
+
+use super::evaluate::{evaluate, LabelledFeatures};
+use super::fit::{train, FitOptions};
+use super::probe::kmeans_probe;
+use super::whiten::InputTransform;
+use super::{Result, TrainError};
+use crate::head::Head;
+use crate::train::features::{FeatureSet, View};
+use crate::train::Extraction;
+
+/// A way of fitting concepts that the protocol compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Spherical k-means on the raw backbone tokens.
+    Kmeans,
+    /// Spherical k-means on the tokens whitened as CAUSE's stage 0 does.
+    KmeansWhitened,
+    /// The CAUSE stages with the given settings.
+    Cause,
+}
+
+/// One fitted model measured on one held-out drive.
+#[derive(Debug, Clone, Serialize)]
+pub struct FoldResult {
+    /// The method.
+    pub method: Method,
+    /// The held-out drive.
+    pub drive: String,
+    /// The seed.
+    pub seed: u64,
+    /// Training images (the other drives).
+    pub train_images: usize,
+    /// Held-out images measured.
+    pub test_images: usize,
+    /// Hungarian-matched mIoU, percent.
+    pub miou: f64,
+    /// Pixel accuracy, percent.
+    pub pixel_accuracy: f64,
+    /// IoU per class, percent (None: class absent and never predicted).
+    pub per_class_iou: Vec<Option<f64>>,
+    /// Concepts that win no pixel of the held-out drive.
+    pub dead_concepts: usize,
+    /// Seconds the fit took.
+    pub fit_seconds: f64,
+}
+
+/// The drive of an image: its file stem up to the first `_`.
+pub fn drive_of(path: &std::path::Path) -> String {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    stem.split('_').next().unwrap_or_default().to_string()
+}
+
+/// Runs every method on every fold and seed. `pairs` are (image, label)
+/// files; `concepts` the number of concepts fitted (the number of classes
+/// for the unsupervised protocol).
+#[allow(clippy::too_many_arguments)]
+pub fn run_protocol(
+    extraction: &Extraction,
+    pairs: &[(PathBuf, PathBuf)],
+    classes: usize,
+    ignore: Option<u8>,
+    methods: &[Method],
+    seeds: &[u64],
+    options: &FitOptions,
+    mut report: impl FnMut(&FoldResult),
+) -> Result<Vec<FoldResult>> {
+    let images: Vec<PathBuf> = pairs.iter().map(|(i, _)| i.clone()).collect();
+    let full = extraction.features(&images, View::Full, "features")?;
+    let crops: Vec<FeatureSet> = if options.five_crop && methods.contains(&Method::Cause) {
+        View::FULL_AND_FIVE_CROPS[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, view)| extraction.features(&full.paths, *view, &format!("crop {}/5", i + 1)))
+            .collect::<Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    let mut by_drive: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, path) in full.paths.iter().enumerate() {
+        by_drive.entry(drive_of(path)).or_default().push(i);
+    }
+    if by_drive.len() < 2 {
+        return Err(TrainError::Invalid(format!("the images come from {} drive(s); leaving one out needs at least two", by_drive.len())));
+    }
+    let subset = |set: &FeatureSet, indices: &[usize]| FeatureSet {
+        grids: indices.iter().map(|&i| set.grids[i].clone()).collect(),
+        paths: indices.iter().map(|&i| set.paths[i].clone()).collect(),
+        skipped: 0,
+    };
+    let label_of = |path: &PathBuf| pairs.iter().find(|(i, _)| i == path).expect("paired").1.clone();
+    let patch = extraction.backbone.patch_size;
+    let mut results = Vec::new();
+    for (drive, test) in &by_drive {
+        let train_indices: Vec<usize> = (0..full.len()).filter(|i| !test.contains(i)).collect();
+        let train_set = subset(&full, &train_indices);
+        let test_set = subset(&full, test);
+        let labels: Vec<PathBuf> = test_set.paths.iter().map(label_of).collect();
+        let data = LabelledFeatures::new(test_set, None, &labels, classes, ignore)?;
+        for &method in methods {
+            for &seed in seeds {
+                let started = Instant::now();
+                let (head, probe): (Option<Head>, Array2<f32>) = match method {
+                    Method::Kmeans => (None, kmeans_probe(&train_set, classes, seed)?),
+                    Method::KmeansWhitened => {
+                        let (transform, _) = InputTransform::fit(&train_set, options.whiten.max(1))?;
+                        let mut whitened = subset(&train_set, &(0..train_set.len()).collect::<Vec<_>>());
+                        transform.apply(&mut whitened);
+                        (Some(transform.as_head()), kmeans_probe(&whitened, classes, seed)?)
+                    }
+                    Method::Cause => {
+                        let mut set = subset(&train_set, &(0..train_set.len()).collect::<Vec<_>>());
+                        for crop in &crops {
+                            set.append(subset(crop, &train_indices));
+                        }
+                        let seeded = FitOptions { stages: options.stages.with_seed(seed), ..options.clone() };
+                        let trained = train(set, &seeded, classes, false, false)?;
+                        let probe = trained.result.probe(seeded.stages.probe).expect("the chosen probe is fitted").clone();
+                        (Some(trained.result.head), probe)
+                    }
+                };
+                let fit_seconds = started.elapsed().as_secs_f64();
+                let measured = evaluate(&data, head.as_ref(), &probe, false, &extraction.input, patch)?;
+                let result = FoldResult {
+                    method,
+                    drive: drive.clone(),
+                    seed,
+                    train_images: train_indices.len(),
+                    test_images: test.len(),
+                    miou: measured.miou,
+                    pixel_accuracy: measured.pixel_accuracy,
+                    per_class_iou: measured.per_class_iou.clone(),
+                    dead_concepts: measured.dead_clusters,
+                    fit_seconds,
+                };
+                report(&result);
+                results.push(result);
+            }
+        }
+    }
+    Ok(results)
+}
+
+/// Mean and sample standard deviation.
+fn mean_sd(values: &[f64]) -> (f64, f64) {
+    let n = values.len().max(1) as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = if values.len() > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
+}
+
+/// The results as a table: per method, mIoU and pixel accuracy per
+/// held-out drive and over the folds (mean ± sd over seeds; the fold mean
+/// is averaged per seed, then over seeds).
+pub fn table(results: &[FoldResult]) -> String {
+    let mut methods: Vec<Method> = Vec::new();
+    let mut drives: Vec<String> = Vec::new();
+    for r in results {
+        if !methods.contains(&r.method) {
+            methods.push(r.method);
+        }
+        if !drives.contains(&r.drive) {
+            drives.push(r.drive.clone());
+        }
+    }
+    let cell = |values: &[f64]| {
+        let (m, sd) = mean_sd(values);
+        format!("{m:5.1} ± {sd:3.1}")
+    };
+    let mut out = format!("{:<16}", "mIoU / pix. acc.");
+    for d in &drives {
+        out += &format!(" | {:<27}", format!("held-out {d}"));
+    }
+    out += &format!(" | {:<27}\n", "mean of folds");
+    for method in &methods {
+        let of = |drive: Option<&str>, seed: Option<u64>| -> Vec<&FoldResult> {
+            results.iter().filter(|r| r.method == *method && drive.is_none_or(|d| r.drive == d) && seed.is_none_or(|s| r.seed == s)).collect()
+        };
+        let name = serde_json::to_value(method).expect("serialisable").as_str().unwrap_or_default().to_string();
+        out += &format!("{name:<16}");
+        for d in &drives {
+            let rs = of(Some(d), None);
+            let miou: Vec<f64> = rs.iter().map(|r| r.miou).collect();
+            let acc: Vec<f64> = rs.iter().map(|r| r.pixel_accuracy).collect();
+            out += &format!(" | {} / {}", cell(&miou), cell(&acc));
+        }
+        let mut seeds: Vec<u64> = of(None, None).iter().map(|r| r.seed).collect();
+        seeds.dedup();
+        seeds.sort();
+        seeds.dedup();
+        let per_seed = |f: fn(&FoldResult) -> f64| -> Vec<f64> {
+            seeds.iter().map(|&s| mean_sd(&of(None, Some(s)).iter().map(|r| f(r)).collect::<Vec<_>>()).0).collect()
+        };
+        out += &format!(" | {} / {}\n", cell(&per_seed(|r| r.miou)), cell(&per_seed(|r| r.pixel_accuracy)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(method: Method, drive: &str, seed: u64, miou: f64) -> FoldResult {
+        FoldResult {
+            method,
+            drive: drive.into(),
+            seed,
+            train_images: 2,
+            test_images: 1,
+            miou,
+            pixel_accuracy: 2.0 * miou,
+            per_class_iou: vec![],
+            dead_concepts: 0,
+            fit_seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn drives_are_stem_prefixes() {
+        assert_eq!(drive_of(std::path::Path::new("/x/0016E5_08159.jpg")), "0016E5");
+        assert_eq!(drive_of(std::path::Path::new("plain.png")), "plain");
+    }
+
+    #[test]
+    fn the_table_averages_folds_per_seed_then_seeds() {
+        // Seed 0: folds 10 and 20 → 15; seed 1: folds 20 and 30 → 25.
+        let results = [
+            result(Method::Kmeans, "A", 0, 10.0),
+            result(Method::Kmeans, "B", 0, 20.0),
+            result(Method::Kmeans, "A", 1, 20.0),
+            result(Method::Kmeans, "B", 1, 30.0),
+        ];
+        let table = table(&results);
+        let row = table.lines().nth(1).unwrap();
+        assert!(row.starts_with("kmeans"), "{table}");
+        // Held-out A: 15 ± 7.1; mean of folds: 20 ± 7.1 (of 15 and 25).
+        assert!(row.contains(" 15.0 ± 7.1 /  30.0 ± 14.1"), "{table}");
+        assert!(row.ends_with(" 20.0 ± 7.1 /  40.0 ± 14.1"), "{table}");
+    }
+}
