@@ -28,7 +28,7 @@ use crate::train::Extraction;
 pub enum Method {
     /// Spherical k-means on the raw backbone tokens.
     Kmeans,
-    /// Spherical k-means on the tokens whitened as CAUSE's stage 0 does.
+    /// Spherical k-means on the tokens whitened (or, with `whiten` 0, centred) as CAUSE's stage 0 does.
     KmeansWhitened,
     /// The CAUSE stages with the given settings.
     Cause,
@@ -117,7 +117,7 @@ pub fn run_protocol(
                 let (head, probe): (Option<Head>, Array2<f32>) = match method {
                     Method::Kmeans => (None, kmeans_probe(&train_set, classes, seed)?),
                     Method::KmeansWhitened => {
-                        let (transform, _) = InputTransform::fit(&train_set, options.whiten.max(1))?;
+                        let (transform, _) = InputTransform::fit(&train_set, options.whiten)?;
                         let mut whitened = subset(&train_set, &(0..train_set.len()).collect::<Vec<_>>());
                         transform.apply(&mut whitened);
                         (Some(transform.as_head()), kmeans_probe(&whitened, classes, seed)?)
@@ -163,9 +163,9 @@ fn mean_sd(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// The results as a table: per method, mIoU and pixel accuracy per
-/// held-out drive and over the folds (mean ± sd over seeds; the fold mean
-/// is averaged per seed, then over seeds).
+/// The results as a Markdown table: per method, mIoU / pixel accuracy per
+/// held-out drive and over the folds, each as mean ± sd over seeds (the
+/// fold mean is averaged per seed first, then over seeds).
 pub fn table(results: &[FoldResult]) -> String {
     let mut methods: Vec<Method> = Vec::new();
     let mut drives: Vec<String> = Vec::new();
@@ -177,35 +177,36 @@ pub fn table(results: &[FoldResult]) -> String {
             drives.push(r.drive.clone());
         }
     }
-    let cell = |values: &[f64]| {
-        let (m, sd) = mean_sd(values);
-        format!("{m:5.1} ± {sd:3.1}")
+    let cell = |miou: &[f64], acc: &[f64]| {
+        let ((m, m_sd), (a, a_sd)) = (mean_sd(miou), mean_sd(acc));
+        format!("{m:.1} ± {m_sd:.1} / {a:.1} ± {a_sd:.1}")
     };
-    let mut out = format!("{:<16}", "mIoU / pix. acc.");
+    let mut out = String::from("| method (mIoU / pixel accuracy, %) |");
     for d in &drives {
-        out += &format!(" | {:<27}", format!("held-out {d}"));
+        out += &format!(" held-out {d} |");
     }
-    out += &format!(" | {:<27}\n", "mean of folds");
+    out += " mean of folds |\n|---|";
+    out += &"---|".repeat(drives.len() + 1);
+    out += "\n";
     for method in &methods {
         let of = |drive: Option<&str>, seed: Option<u64>| -> Vec<&FoldResult> {
             results.iter().filter(|r| r.method == *method && drive.is_none_or(|d| r.drive == d) && seed.is_none_or(|s| r.seed == s)).collect()
         };
         let name = serde_json::to_value(method).expect("serialisable").as_str().unwrap_or_default().to_string();
-        out += &format!("{name:<16}");
+        out += &format!("| {name} |");
         for d in &drives {
             let rs = of(Some(d), None);
             let miou: Vec<f64> = rs.iter().map(|r| r.miou).collect();
             let acc: Vec<f64> = rs.iter().map(|r| r.pixel_accuracy).collect();
-            out += &format!(" | {} / {}", cell(&miou), cell(&acc));
+            out += &format!(" {} |", cell(&miou, &acc));
         }
         let mut seeds: Vec<u64> = of(None, None).iter().map(|r| r.seed).collect();
-        seeds.dedup();
         seeds.sort();
         seeds.dedup();
         let per_seed = |f: fn(&FoldResult) -> f64| -> Vec<f64> {
             seeds.iter().map(|&s| mean_sd(&of(None, Some(s)).iter().map(|r| f(r)).collect::<Vec<_>>()).0).collect()
         };
-        out += &format!(" | {} / {}\n", cell(&per_seed(|r| r.miou)), cell(&per_seed(|r| r.pixel_accuracy)));
+        out += &format!(" {} |\n", cell(&per_seed(|r| r.miou), &per_seed(|r| r.pixel_accuracy)));
     }
     out
 }
@@ -245,10 +246,9 @@ mod tests {
             result(Method::Kmeans, "B", 1, 30.0),
         ];
         let table = table(&results);
-        let row = table.lines().nth(1).unwrap();
-        assert!(row.starts_with("kmeans"), "{table}");
+        assert!(table.starts_with("| method (mIoU / pixel accuracy, %) | held-out A | held-out B | mean of folds |\n|---|---|---|---|\n"), "{table}");
+        let row = table.lines().nth(2).unwrap();
         // Held-out A: 15 ± 7.1; mean of folds: 20 ± 7.1 (of 15 and 25).
-        assert!(row.contains(" 15.0 ± 7.1 /  30.0 ± 14.1"), "{table}");
-        assert!(row.ends_with(" 20.0 ± 7.1 /  40.0 ± 14.1"), "{table}");
+        assert_eq!(row, "| kmeans | 15.0 ± 7.1 / 30.0 ± 14.1 | 25.0 ± 7.1 / 50.0 ± 14.1 | 20.0 ± 7.1 / 40.0 ± 14.1 |", "{table}");
     }
 }
