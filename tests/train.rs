@@ -150,6 +150,15 @@ mod trained {
         for needle in ["held-out 0001TP", "held-out 0006R0", "mean of folds", "kmeans-whitened", "cause"] {
             assert!(table.contains(needle), "{needle} missing from:\n{table}");
         }
+
+        // One fold only.
+        let base = ["protocol", "--images", images.to_str().unwrap(), "--labels", labels.to_str().unwrap(), "--classes", "11", "--ignore", "11", "--size", "224x168", "--methods", "kmeans", "--seeds", "0"];
+        let output = causeseg(&[&base[..], &["--hold-out", "0006R0"]].concat());
+        assert!(output.status.success(), "{}", stderr(&output));
+        let table = String::from_utf8_lossy(&output.stdout);
+        assert!(table.contains("held-out 0006R0") && !table.contains("held-out 0001TP"), "{table}");
+        let output = causeseg(&[&base[..], &["--hold-out", "9999XX"]].concat());
+        common::assert_clean_error(&output, "no image of drive '9999XX' to hold out; the drives are 0001TP, 0006R0");
     }
 
     #[test]

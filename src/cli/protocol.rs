@@ -25,6 +25,10 @@ pub struct ProtocolArgs {
     /// Label id left out of the metrics (11 for CamVid).
     #[arg(long)]
     ignore: Option<u8>,
+    /// Hold out only these drives (repeatable; default: every drive in
+    /// turn), e.g. `--hold-out 0006R0` for a quick one-fold ablation.
+    #[arg(long)]
+    hold_out: Vec<String>,
     /// Seeds, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
     seeds: Vec<u64>,
@@ -67,7 +71,7 @@ pub fn run(_: ProtocolArgs, _: &Path) -> anyhow::Result<()> {
 /// Pairs the images with their labels, runs the protocol, prints the table.
 #[cfg(feature = "train")]
 pub fn run(args: ProtocolArgs, cache: &Path) -> anyhow::Result<()> {
-    use causeseg::train::cause::protocol::{run_protocol, table, Method};
+    use causeseg::train::cause::protocol::{run_protocol, table, Method, Plan};
     use causeseg::train::Extraction;
 
     anyhow::ensure!(args.images.len() == args.labels.len(), "give one --labels directory per --images directory ({} and {})", args.images.len(), args.labels.len());
@@ -94,7 +98,8 @@ pub fn run(args: ProtocolArgs, cache: &Path) -> anyhow::Result<()> {
         None => None,
     };
     let options = args.cause.options(0, None);
-    let results = run_protocol(&extraction, &pairs, args.classes, args.ignore, &methods, &args.seeds, &options, |r| {
+    let plan = Plan { methods, seeds: args.seeds, hold_out: args.hold_out };
+    let results = run_protocol(&extraction, &pairs, args.classes, args.ignore, &plan, &options, |r| {
         log::info!(
             "{:?} held-out {} seed {}: mIoU {:.2} %, pixel accuracy {:.2} %, {} dead concepts ({} train / {} test images, fit {:.0} s)",
             r.method,

@@ -65,20 +65,30 @@ pub fn drive_of(path: &std::path::Path) -> String {
     stem.split('_').next().unwrap_or_default().to_string()
 }
 
-/// Runs every method on every fold and seed. `pairs` are (image, label)
-/// files; `concepts` the number of concepts fitted (the number of classes
-/// for the unsupervised protocol).
-#[allow(clippy::too_many_arguments)]
+/// Which runs the protocol makes.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Methods compared.
+    pub methods: Vec<Method>,
+    /// Seeds of every method.
+    pub seeds: Vec<u64>,
+    /// Drives held out, one fold each (empty: every drive).
+    pub hold_out: Vec<String>,
+}
+
+/// Runs every method on every fold and seed of `plan`. `pairs` are (image,
+/// label) files; as many concepts as `classes` are fitted (the unsupervised
+/// protocol).
 pub fn run_protocol(
     extraction: &Extraction,
     pairs: &[(PathBuf, PathBuf)],
     classes: usize,
     ignore: Option<u8>,
-    methods: &[Method],
-    seeds: &[u64],
+    plan: &Plan,
     options: &FitOptions,
     mut report: impl FnMut(&FoldResult),
 ) -> Result<Vec<FoldResult>> {
+    let Plan { methods, seeds, hold_out } = plan;
     let images: Vec<PathBuf> = pairs.iter().map(|(i, _)| i.clone()).collect();
     let full = extraction.features(&images, View::Full, "features")?;
     let crops: Vec<FeatureSet> = if options.five_crop && methods.contains(&Method::Cause) {
@@ -97,6 +107,10 @@ pub fn run_protocol(
     if by_drive.len() < 2 {
         return Err(TrainError::Invalid(format!("the images come from {} drive(s); leaving one out needs at least two", by_drive.len())));
     }
+    if let Some(unknown) = hold_out.iter().find(|d| !by_drive.contains_key(*d)) {
+        let known: Vec<&str> = by_drive.keys().map(String::as_str).collect();
+        return Err(TrainError::Invalid(format!("no image of drive '{unknown}' to hold out; the drives are {}", known.join(", "))));
+    }
     let subset = |set: &FeatureSet, indices: &[usize]| FeatureSet {
         grids: indices.iter().map(|&i| set.grids[i].clone()).collect(),
         paths: indices.iter().map(|&i| set.paths[i].clone()).collect(),
@@ -105,7 +119,7 @@ pub fn run_protocol(
     let label_of = |path: &PathBuf| pairs.iter().find(|(i, _)| i == path).expect("paired").1.clone();
     let patch = extraction.backbone.patch_size;
     let mut results = Vec::new();
-    for (drive, test) in &by_drive {
+    for (drive, test) in by_drive.iter().filter(|(d, _)| hold_out.is_empty() || hold_out.contains(d)) {
         let train_indices: Vec<usize> = (0..full.len()).filter(|i| !test.contains(i)).collect();
         let train_set = subset(&full, &train_indices);
         let test_set = subset(&full, test);
