@@ -34,6 +34,27 @@ fn segment_writes_labels_mask_overlay_and_legend() {
     }
 }
 
+/// `--refine guided` moves label boundaries to the image's edges: the
+/// labels stay mostly those of plain upsampling, with boundary pixels changed.
+#[test]
+fn segment_refine_guided_moves_boundaries_only() {
+    if common::backbone().is_none() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let image = common::sample_images().join("chelsea.jpg");
+    let labels = |refine: &str| {
+        let dir = out.path().join(refine);
+        ok(&causeseg(&["segment", image.to_str().unwrap(), "--out", dir.to_str().unwrap(), "--visualize", "labels", "--refine", refine]));
+        image::open(dir.join("chelsea_labels.png")).unwrap().into_luma8()
+    };
+    let (plain, refined) = (labels("none"), labels("guided"));
+    assert_eq!(plain.dimensions(), refined.dimensions());
+    let changed = plain.pixels().zip(refined.pixels()).filter(|(a, b)| a != b).count();
+    let fraction = changed as f64 / plain.len() as f64;
+    assert!(changed > 0 && fraction < 0.2, "{changed} pixels ({:.1} %) changed", 100.0 * fraction);
+}
+
 #[test]
 fn fit_kmeans_writes_a_model_that_segment_can_use() {
     if common::backbone().is_none() {

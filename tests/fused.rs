@@ -43,12 +43,27 @@ fn flat(grid: Array3<f32>) -> Array2<f32> {
     grid.into_shape_with_order((rows * cols, c)).unwrap()
 }
 
-/// Patch argmax agreement between the fused graph and `head` + probe.
-fn agreement(model_dir: &Path, head: &HeadFn<'_>) -> Option<f64> {
+/// Another input size than the default model's 448x336 (a 24x18 patch
+/// grid instead of 32x24): its TR head's positional embedding is
+/// interpolated.
+const OTHER_SIZE: (u32, u32) = (336, 252);
+
+/// The model in `dir`, at input `size` when given.
+fn load_at(dir: &Path, size: Option<(u32, u32)>) -> Model {
+    let mut model = Model::load(dir).unwrap();
+    if let Some((w, h)) = size {
+        model.set_input_size(w, h).unwrap();
+    }
+    model
+}
+
+/// Patch argmax agreement between the fused graph and `head` + probe, at
+/// input `size` (default: the model's).
+fn agreement(model_dir: &Path, head: &HeadFn<'_>, size: Option<(u32, u32)>) -> Option<f64> {
     common::backbone()?;
     let images = val_images()?;
     let cache = common::cache_dir();
-    let model = Model::load(model_dir).unwrap();
+    let model = load_at(model_dir, size);
     let input = &model.manifest.input;
     let reference = &model.manifest.backbone;
     let mut plain = PatchInference::backbone(reference, input, Backend::Tract, &cache).unwrap();
@@ -76,7 +91,21 @@ fn default_cause_model() -> PathBuf {
 #[test]
 fn fused_graph_agrees_with_the_runtime_head() {
     let runtime_head = |model: &Model, grid: &Array3<f32>| flat(model.head.as_ref().expect("CAUSE model").apply(grid.view()).unwrap());
-    if let Some(fraction) = agreement(&default_cause_model(), &runtime_head) {
+    if let Some(fraction) = agreement(&default_cause_model(), &runtime_head, None) {
+        assert!(fraction >= 0.999, "only {:.3} % of patches agree", 100.0 * fraction);
+    }
+}
+
+/// At another input size the fused graph carries the TR head's positional
+/// embedding resampled to the new grid, as the runtime head does.
+#[test]
+fn fused_graph_at_another_size_agrees_with_the_runtime_head() {
+    let runtime_head = |model: &Model, grid: &Array3<f32>| {
+        let head = model.head.as_ref().expect("CAUSE model");
+        assert_ne!(head.grid(), Some((grid.dim().0, grid.dim().1)), "the test must run off the training grid");
+        flat(head.apply(grid.view()).unwrap())
+    };
+    if let Some(fraction) = agreement(&default_cause_model(), &runtime_head, Some(OTHER_SIZE)) {
         assert!(fraction >= 0.999, "only {:.3} % of patches agree", 100.0 * fraction);
     }
 }
@@ -85,7 +114,7 @@ fn fused_graph_agrees_with_the_runtime_head() {
 fn fused_graph_agrees_with_raw_kmeans_scoring() {
     let no_head = |_: &Model, grid: &Array3<f32>| flat(grid.clone());
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/camvid-kmeans");
-    if let Some(fraction) = agreement(&dir, &no_head) {
+    if let Some(fraction) = agreement(&dir, &no_head, None) {
         assert!(fraction >= 0.999, "only {:.3} % of patches agree", 100.0 * fraction);
     }
 }
@@ -118,15 +147,23 @@ fn fused_graph_agrees_with_the_candle_head() {
         let (n, r) = out.dims2().unwrap();
         Array2::from_shape_vec((n, r), out.flatten_all().unwrap().to_vec1::<f32>().unwrap()).unwrap()
     };
-    if let Some(fraction) = agreement(&default_cause_model(), &candle_head) {
+    if let Some(fraction) = agreement(&default_cause_model(), &candle_head, None) {
         assert!(fraction >= 0.999, "only {:.3} % of patches agree", 100.0 * fraction);
     }
 }
 
-/// ONNX Runtime runs the same fused file to the same labels as tract.
+/// ONNX Runtime runs the same fused file to the same labels as tract, at
+/// the model's size and at another one.
 #[cfg(feature = "ort")]
 #[test]
 fn onnxruntime_runs_the_fused_graph_like_tract() {
+    for size in [None, Some(OTHER_SIZE)] {
+        onnxruntime_agrees_with_tract(size);
+    }
+}
+
+#[cfg(feature = "ort")]
+fn onnxruntime_agrees_with_tract(size: Option<(u32, u32)>) {
     if common::backbone().is_none() {
         return;
     }
@@ -138,7 +175,7 @@ fn onnxruntime_runs_the_fused_graph_like_tract() {
         return;
     }
     let cache = common::cache_dir();
-    let model = Model::load(&default_cause_model()).unwrap();
+    let model = load_at(&default_cause_model(), size);
     let reference = &model.manifest.backbone;
     let graph = fused::fused_graph(&model, &backbone::resolve(reference, &cache).unwrap(), &cache).unwrap();
     let load = |backend| PatchInference::load(graph.clone(), model.num_concepts(), reference.patch_size, &model.manifest.input, backend).unwrap();
@@ -153,6 +190,6 @@ fn onnxruntime_runs_the_fused_graph_like_tract() {
         same += a.iter().zip(&b).filter(|(x, y)| x == y).count();
         total += a.len();
     }
-    eprintln!("onnxruntime vs tract on the fused graph: {same} of {total} patch labels agree, max abs score diff {max_abs:.2e}");
+    eprintln!("onnxruntime vs tract on the fused graph at {size:?}: {same} of {total} patch labels agree, max abs score diff {max_abs:.2e}");
     assert!(same as f64 >= 0.999 * total as f64, "{same} of {total}");
 }

@@ -15,8 +15,8 @@ use serde_json::Value;
 /// Model input size for test runs: small, so that they are quick.
 const SIZE: &str = "224x168";
 
-/// The model the streaming tests run: the k-means model, which runs at any
-/// size (the default model's TR head runs only at 448x336).
+/// The model the streaming tests run: the k-means model (no head, so the
+/// quickest at any size).
 const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/camvid-kmeans");
 
 /// The test model's directory, if it is there.
@@ -93,6 +93,7 @@ fn directory_source() {
     // a b (c is corrupt) d a b: five frames, indices 0..5, one corrupt skipped.
     assert!(stdout.contains("frames: 5 processed, 5 captured, 0 dropped, 1 corrupt"), "{stdout}");
     assert!(stdout.contains("sustained:") && stdout.contains("end-to-end") && stdout.contains("peak"), "{stdout}");
+    assert!(stdout.contains(&format!("saved: {}", out.display())), "the run says where its files went: {stdout}");
     let expected: Vec<String> = ["000000", "000002", "000004"]
         .iter()
         .flat_map(|f| ["labels", "mask", "overlay"].map(|k| format!("{f}_{k}.png")))
@@ -223,6 +224,31 @@ fn source_directory_without_images() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap();
     assert_clean_error(&causeseg(&["run", "--source", path]), &format!("{path}: no JPEG or PNG images"));
+}
+
+#[test]
+fn a_source_without_a_decodable_frame_is_an_error() {
+    if backbone().is_none() || model_dir().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.png"), "a text file, not a PNG").unwrap();
+    let path = dir.path().to_str().unwrap();
+    let output = causeseg(&["run", "--source", path, "--model", MODEL, "--size", SIZE]);
+    assert_clean_error(&output, "no frame could be processed from");
+    assert!(String::from_utf8_lossy(&output.stderr).contains(path), "the error names the source");
+}
+
+#[test]
+fn one_frame_reports_no_fps() {
+    if backbone().is_none() || model_dir().is_none() {
+        return;
+    }
+    let image = sample_images().join("chelsea.jpg");
+    let output = causeseg(&["run", "--source", image.to_str().unwrap(), "--model", MODEL, "--size", SIZE]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "stderr:\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("frames: 1 processed") && stdout.contains("sustained: n/a (fps needs at least two frames)"), "{stdout}");
 }
 
 #[test]

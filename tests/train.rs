@@ -282,10 +282,12 @@ mod trained {
         let outputs: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
         assert_eq!(outputs, ["concept_scores", "concept_ids"]);
 
-        // The TR head's positional embedding fixes the grid: another size is a clear error.
+        // At another input size the TR head's positional embedding is interpolated.
         let source = images.to_str().unwrap();
-        let output = causeseg(&["run", "--model", model.to_str().unwrap(), "--source", source, "--max-frames", "1", "--size", "448x336"]);
-        common::assert_clean_error(&output, "trained on a 12x16 patch grid (224x168 pixels); it cannot run at 448x336");
+        let saved = dir.path().join("larger");
+        let output = causeseg(&["run", "--model", model.to_str().unwrap(), "--source", source, "--max-frames", "1", "--size", "336x252", "--save", saved.to_str().unwrap()]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert!(saved.join("000000_labels.png").is_file(), "a frame was segmented at 336x252");
 
         let output = fit(&images, &dir.path().join("bad"), &["--whiten", "999"]);
         assert!(!output.status.success());

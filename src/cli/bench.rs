@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use causeseg::engine::Backend;
 use causeseg::model::Model;
+use causeseg::pipeline::refine::Refine;
 use causeseg::source::{FrameSource, ImageFiles};
 use causeseg::timing::{ms_since, peak_rss_bytes, summarize, StageTimes};
 use causeseg::Segmenter;
@@ -30,14 +31,18 @@ pub struct BenchArgs {
     /// Backends to compare, comma-separated (ort/cuda/tensorrt need --features ort).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "tract")]
     backend: Vec<Backend>,
+    /// Refinement timed in the postprocess stage.
+    #[arg(long, value_enum, default_value_t = Refine::None)]
+    refine: Refine,
 }
 
 pub fn run(args: BenchArgs, cache: &Path) -> anyhow::Result<()> {
+    for backend in &args.backend {
+        causeseg::engine::check_built(*backend)?;
+    }
     let mut model = Model::load(&super::model_dir(args.model.as_deref(), cache)?)?;
     if let Some((w, h)) = args.size {
-        let p = model.manifest.backbone.patch_size;
-        anyhow::ensure!(w % p == 0 && h % p == 0, "--size {w}x{h} is not a multiple of the patch size {p}");
-        (model.manifest.input.width, model.manifest.input.height) = (w, h);
+        model.set_input_size(w, h)?;
     }
     let open_images = || -> anyhow::Result<ImageFiles> {
         Ok(match &args.images {
@@ -52,6 +57,7 @@ pub fn run(args: BenchArgs, cache: &Path) -> anyhow::Result<()> {
     for backend in &args.backend {
         let load_start = Instant::now();
         let mut segmenter = Segmenter::new(model.clone(), *backend, cache)?;
+        segmenter.set_refine(args.refine);
         let load_ms = ms_since(load_start);
         let mut samples: Vec<StageTimes> = Vec::with_capacity(args.frames);
         let mut images = open_images()?;

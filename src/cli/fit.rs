@@ -210,8 +210,8 @@ pub mod cause {
     pub enum HeadArch {
         /// CAUSE-MLP.
         Mlp,
-        /// CAUSE-TR (one transformer decoder layer; runs only at the
-        /// training input size).
+        /// CAUSE-TR (one transformer decoder layer; its positional
+        /// embedding is interpolated for other input sizes).
         Tr,
     }
 
@@ -220,6 +220,8 @@ pub mod cause {
     pub enum ProbeArg {
         /// Spherical k-means on head features.
         Kmeans,
+        /// Spherical k-means with 3x the clusters, merged down by Ward linkage.
+        KmeansMerged,
         /// Modularity loss on head features.
         Modularity,
     }
@@ -295,6 +297,7 @@ pub mod cause {
                 },
                 probe: match args.probe {
                     ProbeArg::Kmeans => ProbeKind::Kmeans,
+                    ProbeArg::KmeansMerged => ProbeKind::KmeansMerged,
                     ProbeArg::Modularity => ProbeKind::Modularity,
                 },
                 probe_modularity: ModularityOptions { epochs: args.probe_epochs, lr: args.probe_lr, ..clusterbook },

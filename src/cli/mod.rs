@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 use causeseg::engine::Backend;
 use causeseg::model::{backbone, bundled, Model};
+use causeseg::pipeline::refine::Refine;
 use causeseg::Segmenter;
 
 /// Unsupervised semantic segmentation (CAUSE) for robots: tract on any CPU,
@@ -62,6 +63,14 @@ struct ModelArgs {
     /// Inference backend.
     #[arg(long, value_enum, default_value_t = Backend::Tract)]
     backend: Backend,
+    /// How concept scores become labels: `guided` snaps boundaries to the
+    /// image's edges (a guided filter at output resolution).
+    #[arg(long, value_enum, default_value_t = Refine::None)]
+    refine: Refine,
+    /// Model input size WIDTHxHEIGHT, multiples of the patch size (a TR
+    /// head's positional embedding is interpolated) [default: the model's].
+    #[arg(long, value_parser = parse_size)]
+    size: Option<(u32, u32)>,
 }
 
 /// `--model DIR`, or the bundled default model unpacked into `cache`.
@@ -74,11 +83,17 @@ fn model_dir(model: Option<&Path>, cache: &Path) -> anyhow::Result<PathBuf> {
 
 impl ModelArgs {
     fn load(&self, cache_dir: &Path) -> anyhow::Result<Segmenter> {
+        causeseg::engine::check_built(self.backend)?;
         let dir = model_dir(self.model.as_deref(), cache_dir)?;
-        let model = Model::load(&dir)?;
-        log::info!("model {} ({} concepts) from {}", model.manifest.name, model.num_concepts(), dir.display());
-        let segmenter = Segmenter::new(model, self.backend, cache_dir)
+        let mut model = Model::load(&dir)?;
+        if let Some((width, height)) = self.size {
+            model.set_input_size(width, height)?;
+        }
+        let input = &model.manifest.input;
+        log::info!("model {} ({} concepts, input {}x{}) from {}", model.manifest.name, model.num_concepts(), input.width, input.height, dir.display());
+        let mut segmenter = Segmenter::new(model, self.backend, cache_dir)
             .with_context(|| format!("loading the model {}", dir.display()))?;
+        segmenter.set_refine(self.refine);
         Ok(segmenter)
     }
 }

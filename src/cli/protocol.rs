@@ -44,7 +44,11 @@ pub struct ProtocolArgs {
     /// Engine for feature extraction.
     #[arg(long, value_enum, default_value_t = Backend::Tract)]
     backend: Backend,
-    /// Append one JSON line per fold, method and seed to this file.
+    /// Refinements every fitted model is measured with, comma-separated
+    /// (each gets its own row).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "none")]
+    refine: Vec<causeseg::pipeline::refine::Refine>,
+    /// Append one JSON line per fold, method, seed and refinement to this file.
     #[arg(long)]
     json: Option<PathBuf>,
     #[command(flatten)]
@@ -98,11 +102,12 @@ pub fn run(args: ProtocolArgs, cache: &Path) -> anyhow::Result<()> {
         None => None,
     };
     let options = args.cause.options(0, None);
-    let plan = Plan { methods, seeds: args.seeds, hold_out: args.hold_out };
+    let plan = Plan { methods, seeds: args.seeds, hold_out: args.hold_out, refines: args.refine };
     let results = run_protocol(&extraction, &pairs, args.classes, args.ignore, &plan, &options, |r| {
         log::info!(
-            "{:?} held-out {} seed {}: mIoU {:.2} %, pixel accuracy {:.2} %, {} dead concepts ({} train / {} test images, fit {:.0} s)",
+            "{:?} ({:?}) held-out {} seed {}: mIoU {:.2} %, pixel accuracy {:.2} %, {} dead concepts ({} train / {} test images, fit {:.0} s)",
             r.method,
+            r.refine,
             r.drive,
             r.seed,
             r.miou,

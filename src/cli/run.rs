@@ -8,11 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use causeseg::model::Model;
 use causeseg::sink::{FrameImages, ImageSink, StatsSink, Visualization};
 use causeseg::source::{self, CameraOptions, PixelFormat, SourceOptions, SourceUri};
 use causeseg::stream::{Stream, StreamConfig};
-use causeseg::Segmenter;
 
 /// Options of `causeseg run`.
 #[derive(Debug, clap::Args)]
@@ -24,9 +22,6 @@ pub struct RunArgs {
     source: String,
     #[command(flatten)]
     model: super::ModelArgs,
-    /// Model input size WIDTHxHEIGHT, multiples of the patch size [default: the model's].
-    #[arg(long, value_parser = super::parse_size)]
-    size: Option<(u32, u32)>,
     /// Start image and video files again at their end.
     #[arg(long = "loop")]
     looping: bool,
@@ -89,7 +84,7 @@ pub fn run(args: RunArgs, cache: &Path) -> anyhow::Result<()> {
     let uri = SourceUri::parse(&args.source)?;
     let camera = CameraOptions { resolution: args.resolution, fps: args.fps, format: args.pixel_format };
     let source = source::open(&uri, &SourceOptions { looping: args.looping, camera })?;
-    let segmenter = load_segmenter(&args, cache)?;
+    let segmenter = args.model.load(cache)?;
     let concepts = segmenter.model().manifest.concepts.clone();
     let config = StreamConfig {
         max_frames: args.max_frames,
@@ -109,21 +104,17 @@ pub fn run(args: RunArgs, cache: &Path) -> anyhow::Result<()> {
     stop_on_ctrl_c(stop.clone())?;
     let report = stream.run(source, stop)?;
     println!("{report}");
-    Ok(())
-}
-
-/// Loads the model, with the input size overridden by `--size`.
-fn load_segmenter(args: &RunArgs, cache: &Path) -> anyhow::Result<Segmenter> {
-    let dir = super::model_dir(args.model.model.as_deref(), cache)?;
-    let mut model = Model::load(&dir)?;
-    if let Some((width, height)) = args.size {
-        let patch = model.manifest.backbone.patch_size;
-        anyhow::ensure!(width % patch == 0 && height % patch == 0, "--size {width}x{height} is not a multiple of the patch size {patch}");
-        (model.manifest.input.width, model.manifest.input.height) = (width, height);
+    anyhow::ensure!(
+        report.processed > 0,
+        "no frame could be processed from {} ({} captured, {} corrupt)",
+        report.source,
+        report.captured,
+        report.corrupt
+    );
+    if let Some(dir) = &args.save {
+        println!("saved: {}", dir.display());
     }
-    let input = &model.manifest.input;
-    log::info!("model {} ({} concepts, input {}x{}) from {}", model.manifest.name, model.num_concepts(), input.width, input.height, dir.display());
-    Segmenter::new(model, args.model.backend, cache).with_context(|| format!("loading the model {}", dir.display()))
+    Ok(())
 }
 
 /// First Ctrl-C: stop capture, drain and flush. Second: exit at once.

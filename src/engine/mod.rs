@@ -39,6 +39,9 @@ pub enum EngineError {
     /// Inference itself failed.
     #[error("inference failed: {0}")]
     Run(String),
+    /// The backend was left out of this build.
+    #[error("backend {0} needs causeseg built with `--features ort` (e.g. cargo build --release --features ort), or use --backend tract")]
+    NotBuilt(String),
 }
 
 /// What a backend is asked to build: the graph file and its fixed input.
@@ -103,16 +106,40 @@ pub enum Backend {
     Tensorrt,
 }
 
+/// Fails, before any model is loaded, when `backend` is not in this build.
+pub fn check_built(backend: Backend) -> Result<(), EngineError> {
+    match backend {
+        Backend::Tract => Ok(()),
+        _ if cfg!(feature = "ort") => Ok(()),
+        other => Err(EngineError::NotBuilt(format!("{other:?}").to_lowercase())),
+    }
+}
+
 /// Loads `spec` with `backend`.
 pub fn load(backend: Backend, spec: &EngineSpec) -> Result<Box<dyn Engine>, EngineError> {
+    check_built(backend)?;
     match backend {
         Backend::Tract => Ok(Box::new(tract::TractEngine::load(spec)?)),
         #[cfg(feature = "ort")]
         other => Ok(Box::new(onnxruntime::OrtEngine::load(spec, other)?)),
         #[cfg(not(feature = "ort"))]
-        other => Err(EngineError::Load {
-            path: spec.path.display().to_string(),
-            reason: format!("backend {other:?} needs causeseg built with `--features ort`"),
-        }),
+        other => Err(EngineError::NotBuilt(format!("{other:?}").to_lowercase())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_left_out_of_the_build_is_an_error_that_leads_with_the_fix() {
+        assert!(check_built(Backend::Tract).is_ok());
+        let built = cfg!(feature = "ort");
+        match check_built(Backend::Ort) {
+            Ok(()) => assert!(built),
+            Err(e) => assert!(e.to_string().starts_with("backend ort needs causeseg built with `--features ort`"), "{e}"),
+        }
+        let message = EngineError::NotBuilt("tensorrt".into()).to_string();
+        assert!(message.starts_with("backend tensorrt needs causeseg built with `--features ort`"), "{message}");
     }
 }

@@ -37,7 +37,7 @@ pub mod weights;
 
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis};
+use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3, Axis};
 use serde::{Deserialize, Serialize};
 
 use crate::linalg::rows_to_grid;
@@ -238,6 +238,19 @@ impl Head {
         Some((pos.shape()[0], pos.shape()[1]))
     }
 
+    /// The head for a `rows` x `cols` patch grid: a TR head's positional
+    /// embedding resampled bilinearly (pixel centres aligned, as
+    /// `F.interpolate(align_corners=False)`; the identity at the training
+    /// grid), so a model runs at any input size. An MLP head is unchanged.
+    pub fn at_grid(&self, rows: usize, cols: usize) -> Head {
+        let mut head = self.clone();
+        if let Some(pos) = self.weights.get("pos") {
+            let pos = pos.into_dimensionality::<ndarray::Ix3>().expect("pos is rows x cols x d");
+            head.weights.insert("pos", resample_bilinear(pos, rows, cols));
+        }
+        head
+    }
+
     /// Subtracts `mean` from the head's output (folded into the output bias).
     pub fn center_output(&mut self, mean: &ndarray::Array1<f32>) {
         let name = format!("{}f1_bias", self.projection_prefix());
@@ -269,12 +282,42 @@ impl Head {
         Ok(mlp(w, "mlp/", out.view()))
     }
 
-    /// Head features of a patch grid `[rows, cols, D]` → `[rows, cols, R]`.
+    /// Head features of a patch grid `[rows, cols, D]` → `[rows, cols, R]`,
+    /// on any grid (see [`Head::at_grid`]).
     pub fn apply(&self, features: ArrayView3<f32>) -> Result<Array3<f32>, GridMismatch> {
         let (rows, cols, dim) = features.dim();
         let flat = features.to_shape((rows * cols, dim)).expect("contiguous features");
-        Ok(rows_to_grid(self.forward(flat.view())?, rows, cols))
+        let out = match self.grid() {
+            Some(grid) if grid != (rows, cols) => self.at_grid(rows, cols).forward(flat.view())?,
+            _ => self.forward(flat.view())?,
+        };
+        Ok(rows_to_grid(out, rows, cols))
     }
+}
+
+/// Bilinear resampling of a `[rows, cols, d]` grid to `rows` x `cols`, with
+/// pixel centres aligned and the borders clamped.
+fn resample_bilinear(grid: ArrayView3<f32>, rows: usize, cols: usize) -> Array3<f32> {
+    let (from_rows, from_cols, d) = grid.dim();
+    let axis = |to: usize, from: usize| -> Vec<(usize, usize, f32)> {
+        (0..to)
+            .map(|o| {
+                let g = ((o as f32 + 0.5) * from as f32 / to as f32 - 0.5).clamp(0.0, (from - 1) as f32);
+                let g0 = g.floor() as usize;
+                (g0, (g0 + 1).min(from - 1), g - g0 as f32)
+            })
+            .collect()
+    };
+    let (ys, xs) = (axis(rows, from_rows), axis(cols, from_cols));
+    let mut out = Array3::zeros((rows, cols, d));
+    for (r, &(y0, y1, wy)) in ys.iter().enumerate() {
+        for (c, &(x0, x1, wx)) in xs.iter().enumerate() {
+            let top = &grid.slice(s![y0, x0, ..]) * (1.0 - wx) + &grid.slice(s![y0, x1, ..]) * wx;
+            let bottom = &grid.slice(s![y1, x0, ..]) * (1.0 - wx) + &grid.slice(s![y1, x1, ..]) * wx;
+            out.slice_mut(s![r, c, ..]).assign(&(top * (1.0 - wy) + bottom * wy));
+        }
+    }
+    out
 }
 
 /// Averages head features of an image and of its horizontal mirror (whose
@@ -454,5 +497,24 @@ mod tests {
         std::fs::remove_file(dir.path().join("cross_attn_v_weight.npy")).unwrap();
         let err = Head::load(HeadKind::Tr, dir.path()).unwrap_err().to_string();
         assert!(err.contains("cross_attn_v_weight.npy"), "{err}");
+    }
+
+    #[test]
+    fn positional_embedding_interpolation_is_the_identity_at_the_training_grid() {
+        let head = testing::random_tr(None, 4, 3, (2, 3), 7, 2, 5);
+        assert_eq!(head.at_grid(2, 3), head);
+    }
+
+    #[test]
+    fn positional_embedding_is_resampled_between_pixel_centres() {
+        // A 1x2 grid [0, 1] at 1x4: centres at 1/8, 3/8, 5/8, 7/8 of the row.
+        let grid = Array3::from_shape_vec((1, 2, 1), vec![0.0f32, 1.0]).unwrap();
+        let wide = resample_bilinear(grid.view(), 1, 4);
+        assert_eq!(wide.into_raw_vec_and_offset().0, vec![0.0, 0.25, 0.75, 1.0]);
+        let head = testing::random_tr(None, 4, 3, (2, 3), 7, 2, 5);
+        let larger = head.at_grid(4, 5);
+        assert_eq!(larger.grid(), Some((4, 5)));
+        let features = Array3::from_shape_fn((4, 5, 4), |(r, c, j)| ((r * 7 + c * 3 + j) % 5) as f32 / 2.0 - 1.0);
+        assert_eq!(head.apply(features.view()).unwrap().dim(), (4, 5, 2), "apply takes any grid");
     }
 }

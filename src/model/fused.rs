@@ -37,7 +37,6 @@ pub const IDS_OUTPUT: &str = "concept_ids";
 /// and stored there. The file name carries a hash of the backbone and every
 /// trained tensor, so retraining a model never picks up a stale graph.
 pub fn fused_graph(model: &Model, backbone: &Path, cache: &Path) -> Result<PathBuf, ModelError> {
-    check_input_size(model)?;
     let dir = cache.join("fused");
     let path = dir.join(format!("{}-{}.onnx", model.manifest.name, &content_hash(model)?[..16]));
     if path.is_file() {
@@ -49,31 +48,24 @@ pub fn fused_graph(model: &Model, backbone: &Path, cache: &Path) -> Result<PathB
     Ok(path)
 }
 
-/// Fails when the model's input size does not give the patch grid a TR
-/// head was trained on (its positional embedding is one vector per patch).
-fn check_input_size(model: &Model) -> Result<(), ModelError> {
-    let Some((rows, cols)) = model.head.as_ref().and_then(Head::grid) else { return Ok(()) };
+/// The model's head for the patch grid of its input size (a TR head's
+/// positional embedding resampled, see [`Head::at_grid`]).
+fn head_at_input_size(model: &Model) -> Option<Head> {
+    let (rows, cols) = input_grid(model);
+    model.head.as_ref().map(|head| head.at_grid(rows, cols))
+}
+
+/// Patch rows and columns of the model's input.
+fn input_grid(model: &Model) -> (usize, usize) {
     let input = &model.manifest.input;
     let patch = model.manifest.backbone.patch_size;
-    if ((input.height / patch) as usize, (input.width / patch) as usize) == (rows, cols) {
-        return Ok(());
-    }
-    Err(ModelError::FixedInputSize {
-        name: model.manifest.name.clone(),
-        rows,
-        cols,
-        width: cols * patch as usize,
-        height: rows * patch as usize,
-        asked_width: input.width,
-        asked_height: input.height,
-    })
+    ((input.height / patch) as usize, (input.width / patch) as usize)
 }
 
 /// Writes the fused graph of `model` on `backbone` to `out`.
 pub fn export(model: &Model, backbone: &Path, out: &Path) -> Result<(), ModelError> {
-    check_input_size(model)?;
     let graph = onnx::read_model(backbone)?;
-    let fused = fuse(&graph, model.head.as_ref(), &model.centroids)?;
+    let fused = fuse(&graph, head_at_input_size(model).as_ref(), &model.centroids)?;
     onnx::write_model(&fused, out)?;
     Ok(())
 }
@@ -110,6 +102,10 @@ fn content_hash(model: &Model) -> Result<String, ModelError> {
     let mut hasher = Sha256::new();
     hasher.update(LAYOUT_VERSION.to_le_bytes());
     hasher.update(model.manifest.backbone.sha256.as_bytes());
+    if model.head.as_ref().and_then(Head::grid).is_some() {
+        let (rows, cols) = input_grid(model);
+        hasher.update(format!("grid {rows}x{cols}").as_bytes());
+    }
     let mut files = vec![model.dir.join(&model.manifest.concepts.centroids)];
     if let Some(spec) = &model.manifest.head {
         let mut head_files = Vec::new();

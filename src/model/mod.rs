@@ -57,23 +57,15 @@ pub enum ModelError {
         /// The operating system's error.
         source: std::io::Error,
     },
-    /// A TR head's positional embedding fixes the input size.
-    #[error("model {name} has a TR head trained on a {rows}x{cols} patch grid ({width}x{height} pixels); it cannot run at {asked_width}x{asked_height} (drop --size, or use an MLP-head model)")]
-    FixedInputSize {
-        /// The model's name.
-        name: String,
-        /// Patch rows the head was trained on.
-        rows: usize,
-        /// Patch columns the head was trained on.
-        cols: usize,
-        /// The training input width in pixels.
-        width: usize,
-        /// The training input height in pixels.
-        height: usize,
-        /// The width asked for.
-        asked_width: u32,
-        /// The height asked for.
-        asked_height: u32,
+    /// The input size asked for does not split into whole patches.
+    #[error("--size {width}x{height} is not a multiple of the patch size {patch}")]
+    InputSize {
+        /// Width asked for.
+        width: u32,
+        /// Height asked for.
+        height: u32,
+        /// The backbone's patch size.
+        patch: u32,
     },
     /// Building the fused inference graph failed.
     #[error(transparent)]
@@ -95,6 +87,17 @@ pub struct Model {
 }
 
 impl Model {
+    /// Runs the model at `width` x `height` input pixels instead of its
+    /// manifest's size (both multiples of the patch size).
+    pub fn set_input_size(&mut self, width: u32, height: u32) -> Result<(), ModelError> {
+        let patch = self.manifest.backbone.patch_size;
+        if width == 0 || height == 0 || width % patch != 0 || height % patch != 0 {
+            return Err(ModelError::InputSize { width, height, patch });
+        }
+        (self.manifest.input.width, self.manifest.input.height) = (width, height);
+        Ok(())
+    }
+
     /// Loads `dir/model.toml` and the centroids it names.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let manifest_path = dir.join("model.toml");

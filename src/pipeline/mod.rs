@@ -3,6 +3,7 @@
 
 pub mod postprocess;
 pub mod preprocess;
+pub mod refine;
 pub mod segmenter;
 
 pub use segmenter::{PatchInference, SegmentError, Segmentation, Segmenter};

@@ -25,7 +25,7 @@ pub fn concept_scores(features: ArrayView3<f32>, concepts: &Array2<f32>) -> Arra
 
 /// One axis of the bilinear sampling grid: for each output coordinate, the
 /// two neighbouring patch indices and the weight of the second.
-fn sample_axis(out_len: u32, image_len: u32, scale: f32, offset: f32, patch: u32, grid_len: usize) -> Vec<(usize, usize, f32)> {
+pub(super) fn sample_axis(out_len: u32, image_len: u32, scale: f32, offset: f32, patch: u32, grid_len: usize) -> Vec<(usize, usize, f32)> {
     (0..out_len)
         .map(|o| {
             let image_pos = (o as f32 + 0.5) * image_len as f32 / out_len as f32;

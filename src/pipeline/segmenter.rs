@@ -5,11 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use image::imageops::{self, FilterType};
 use image::{GrayImage, RgbImage};
 use ndarray::Array3;
 
-use super::postprocess::upsample_argmax;
 use super::preprocess::{Placement, PreprocessError, Preprocessor};
+use super::postprocess::upsample_argmax;
+use super::refine::{refined_labels, Refine};
 use crate::model::manifest::ResizePolicy;
 use crate::timing::{ms_since, StageTimes};
 use crate::engine::{self, Backend, Engine, EngineError, EngineSpec};
@@ -112,6 +114,7 @@ pub struct Segmentation {
 pub struct Segmenter {
     model: Model,
     inference: PatchInference,
+    refine: Refine,
 }
 
 impl Segmenter {
@@ -122,12 +125,17 @@ impl Segmenter {
         let backbone = &model.manifest.backbone;
         let graph = fused::fused_graph(&model, &backbone::resolve(backbone, cache)?, cache)?;
         let inference = PatchInference::load(graph, model.num_concepts(), backbone.patch_size, &model.manifest.input, backend)?;
-        Ok(Segmenter { model, inference })
+        Ok(Segmenter { model, inference, refine: Refine::default() })
     }
 
     /// The loaded model.
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// Chooses how scores become labels (default: [`Refine::None`]).
+    pub fn set_refine(&mut self, refine: Refine) {
+        self.refine = refine;
     }
 
     /// The preprocessing + engine half, e.g. to change the resize policy.
@@ -141,7 +149,12 @@ impl Segmenter {
         let (scores, placement, mut times) = self.inference.run(image, what)?;
         let start = Instant::now();
         let (w, h) = out_size.unwrap_or(image.dimensions());
-        let labels = upsample_argmax(&scores, &placement, self.model.manifest.backbone.patch_size, w, h);
+        let patch = self.model.manifest.backbone.patch_size;
+        let labels = match (self.refine, image.dimensions() == (w, h)) {
+            (Refine::None, _) => upsample_argmax(&scores, &placement, patch, w, h),
+            (refine, true) => refined_labels(&scores, &placement, patch, image, refine),
+            (refine, false) => refined_labels(&scores, &placement, patch, &imageops::resize(image, w, h, FilterType::Triangle), refine),
+        };
         times.postprocess_ms = ms_since(start);
         Ok(Segmentation { labels, times })
     }

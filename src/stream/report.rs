@@ -82,7 +82,11 @@ impl fmt::Display for StreamReport {
             self.elapsed.as_secs_f64(),
             self.warmup_ms
         )?;
-        writeln!(f, "sustained: {:.2} fps", self.fps)?;
+        if self.processed >= 2 {
+            writeln!(f, "sustained: {:.2} fps", self.fps)?;
+        } else {
+            writeln!(f, "sustained: n/a (fps needs at least two frames)")?;
+        }
         if !self.latency.is_empty() {
             let count = self.latency[0].1.count;
             writeln!(f, "latency over the last {count} frames (ms):   p50      p99")?;

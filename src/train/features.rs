@@ -208,7 +208,7 @@ pub fn grid_sample(grid: &Array3<f32>, window: usize, rng: &mut impl Rng) -> (Ar
 
 /// Test data: `images` grids `side x side` of 4-d tokens in three noisy
 /// blobs (top rows, bottom-left, bottom-right), the split row random.
-#[cfg(test)]
+#[cfg(all(test, feature = "train"))]
 pub(crate) fn blob_set(images: usize, side: usize, seed: u64) -> FeatureSet {
     use rand::SeedableRng;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);

@@ -1,12 +1,14 @@
 //! Measuring a head + probe on labelled images from cached features, the
 //! same computation as the runtime (head → dot with the unit probe →
-//! bilinear upsampling of the scores → argmax; optional flip averaging),
+//! bilinear upsampling of the scores, or the guided refinement → argmax;
+//! optional flip averaging),
 //! without re-running the backbone per experiment. Labels are read here
 //! only; no training stage sees them.
 
 use std::path::PathBuf;
 
-use image::GrayImage;
+use image::imageops::{self, FilterType};
+use image::{GrayImage, RgbImage};
 use ndarray::{Array2, Array3};
 
 use super::{Result, TrainError};
@@ -14,8 +16,9 @@ use crate::eval::metrics::{Confusion, Metrics};
 use crate::head::{average_with_flipped, Head};
 use crate::linalg::l2_normalize_rows;
 use crate::model::manifest::InputSpec;
-use crate::pipeline::postprocess::{concept_scores, upsample_argmax};
+use crate::pipeline::postprocess::concept_scores;
 use crate::pipeline::preprocess::Preprocessor;
+use crate::pipeline::refine::{refined_labels, Refine};
 use crate::train::features::FeatureSet;
 
 /// Features (and optionally those of the mirrored images) with labels.
@@ -70,7 +73,8 @@ fn patch_features(data: &LabelledFeatures, i: usize, head: Option<&Head>, flip: 
     })
 }
 
-/// Hungarian-matched metrics of `probe` (`[N, R]`) over the whole set.
+/// Hungarian-matched metrics of `probe` (`[N, R]`) over the whole set, the
+/// scores turned into labels at the label maps' size as `refine` says.
 pub fn evaluate(
     data: &LabelledFeatures,
     head: Option<&Head>,
@@ -78,6 +82,7 @@ pub fn evaluate(
     flip: bool,
     input: &InputSpec,
     patch: u32,
+    refine: Refine,
 ) -> Result<Metrics> {
     let (classes, ignore) = (data.classes, data.ignore);
     let probe = l2_normalize_rows(probe.clone());
@@ -88,7 +93,15 @@ pub fn evaluate(
         let scores = concept_scores(features.view(), &probe);
         let truth = &data.labels[i];
         let placement = preprocessor.placement(data.sizes[i]);
-        let predicted = upsample_argmax(&scores, &placement, patch, truth.width(), truth.height());
+        let guide = match refine {
+            Refine::None => RgbImage::new(truth.width(), truth.height()),
+            _ => {
+                let path = &data.set.paths[i];
+                let image = crate::source::decode_file(path).map_err(|e| TrainError::Invalid(e.to_string()))?;
+                if image.dimensions() == truth.dimensions() { image } else { imageops::resize(&image, truth.width(), truth.height(), FilterType::Triangle) }
+            }
+        };
+        let predicted = refined_labels(&scores, &placement, patch, &guide, refine);
         for (&p, &t) in predicted.as_raw().iter().zip(truth.as_raw()) {
             if Some(t) == ignore {
                 continue;

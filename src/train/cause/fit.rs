@@ -9,6 +9,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::evaluate::{evaluate, LabelledFeatures};
+use crate::pipeline::refine::Refine;
 use super::probe::kmeans_probe;
 use super::run::{run, train_clusterbook, CauseOptions, CauseResult};
 use super::whiten::{InputTransform, WhiteningReport};
@@ -110,7 +111,7 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
             .chain(result.probes.iter().map(|(kind, p)| (format!("{kind:?}").to_lowercase(), Some(&result.head), p)));
         for (name, head, probe) in probes {
             for &flip in flips {
-                let m = evaluate(&data, head, probe, flip, &extraction.input, patch)?;
+                let m = evaluate(&data, head, probe, flip, &extraction.input, patch, Refine::None)?;
                 log::info!("val: probe {name}, flip {flip}: mIoU {:.2} %, pixel accuracy {:.2} %", m.miou, m.pixel_accuracy);
                 measured.push(json!({"probe": name, "flip": flip, "miou": m.miou, "pixel_accuracy": m.pixel_accuracy, "per_class_iou": m.per_class_iou}));
             }

@@ -15,10 +15,11 @@ use serde::Serialize;
 
 use super::evaluate::{evaluate, LabelledFeatures};
 use super::fit::{train, FitOptions};
-use super::probe::kmeans_probe;
+use super::probe::kmeans_probe_of;
 use super::whiten::InputTransform;
 use super::{Result, TrainError};
 use crate::head::Head;
+use crate::pipeline::refine::Refine;
 use crate::train::features::{FeatureSet, View};
 use crate::train::Extraction;
 
@@ -39,6 +40,8 @@ pub enum Method {
 pub struct FoldResult {
     /// The method.
     pub method: Method,
+    /// How its scores became labels.
+    pub refine: Refine,
     /// The held-out drive.
     pub drive: String,
     /// The seed.
@@ -74,6 +77,8 @@ pub struct Plan {
     pub seeds: Vec<u64>,
     /// Drives held out, one fold each (empty: every drive).
     pub hold_out: Vec<String>,
+    /// Refinements each fitted model is measured with.
+    pub refines: Vec<Refine>,
 }
 
 /// Runs every method on every fold and seed of `plan`. `pairs` are (image,
@@ -88,7 +93,7 @@ pub fn run_protocol(
     options: &FitOptions,
     mut report: impl FnMut(&FoldResult),
 ) -> Result<Vec<FoldResult>> {
-    let Plan { methods, seeds, hold_out } = plan;
+    let Plan { methods, seeds, hold_out, refines } = plan;
     let images: Vec<PathBuf> = pairs.iter().map(|(i, _)| i.clone()).collect();
     let full = extraction.features(&images, View::Full, "features")?;
     let crops: Vec<FeatureSet> = if options.five_crop && methods.contains(&Method::Cause) {
@@ -129,12 +134,12 @@ pub fn run_protocol(
             for &seed in seeds {
                 let started = Instant::now();
                 let (head, probe): (Option<Head>, Array2<f32>) = match method {
-                    Method::Kmeans => (None, kmeans_probe(&train_set, classes, seed)?),
+                    Method::Kmeans => (None, kmeans_probe_of(options.stages.probe, &train_set, classes, seed)?),
                     Method::KmeansWhitened => {
                         let (transform, _) = InputTransform::fit(&train_set, options.whiten)?;
                         let mut whitened = subset(&train_set, &(0..train_set.len()).collect::<Vec<_>>());
                         transform.apply(&mut whitened);
-                        (Some(transform.as_head()), kmeans_probe(&whitened, classes, seed)?)
+                        (Some(transform.as_head()), kmeans_probe_of(options.stages.probe, &whitened, classes, seed)?)
                     }
                     Method::Cause => {
                         let mut set = subset(&train_set, &(0..train_set.len()).collect::<Vec<_>>());
@@ -148,21 +153,24 @@ pub fn run_protocol(
                     }
                 };
                 let fit_seconds = started.elapsed().as_secs_f64();
-                let measured = evaluate(&data, head.as_ref(), &probe, false, &extraction.input, patch)?;
-                let result = FoldResult {
-                    method,
-                    drive: drive.clone(),
-                    seed,
-                    train_images: train_indices.len(),
-                    test_images: test.len(),
-                    miou: measured.miou,
-                    pixel_accuracy: measured.pixel_accuracy,
-                    per_class_iou: measured.per_class_iou.clone(),
-                    dead_concepts: measured.dead_clusters,
-                    fit_seconds,
-                };
-                report(&result);
-                results.push(result);
+                for &refine in refines {
+                    let measured = evaluate(&data, head.as_ref(), &probe, false, &extraction.input, patch, refine)?;
+                    let result = FoldResult {
+                        method,
+                        refine,
+                        drive: drive.clone(),
+                        seed,
+                        train_images: train_indices.len(),
+                        test_images: test.len(),
+                        miou: measured.miou,
+                        pixel_accuracy: measured.pixel_accuracy,
+                        per_class_iou: measured.per_class_iou.clone(),
+                        dead_concepts: measured.dead_clusters,
+                        fit_seconds,
+                    };
+                    report(&result);
+                    results.push(result);
+                }
             }
         }
     }
@@ -177,15 +185,15 @@ fn mean_sd(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// The results as a Markdown table: per method, mIoU / pixel accuracy per
+/// The results as a Markdown table: per method and refinement, mIoU / pixel accuracy per
 /// held-out drive and over the folds, each as mean ± sd over seeds (the
 /// fold mean is averaged per seed first, then over seeds).
 pub fn table(results: &[FoldResult]) -> String {
-    let mut methods: Vec<Method> = Vec::new();
+    let mut methods: Vec<(Method, Refine)> = Vec::new();
     let mut drives: Vec<String> = Vec::new();
     for r in results {
-        if !methods.contains(&r.method) {
-            methods.push(r.method);
+        if !methods.contains(&(r.method, r.refine)) {
+            methods.push((r.method, r.refine));
         }
         if !drives.contains(&r.drive) {
             drives.push(r.drive.clone());
@@ -202,12 +210,16 @@ pub fn table(results: &[FoldResult]) -> String {
     out += " mean of folds |\n|---|";
     out += &"---|".repeat(drives.len() + 1);
     out += "\n";
-    for method in &methods {
+    for &(method, refine) in &methods {
         let of = |drive: Option<&str>, seed: Option<u64>| -> Vec<&FoldResult> {
-            results.iter().filter(|r| r.method == *method && drive.is_none_or(|d| r.drive == d) && seed.is_none_or(|s| r.seed == s)).collect()
+            results.iter().filter(|r| (r.method, r.refine) == (method, refine) && drive.is_none_or(|d| r.drive == d) && seed.is_none_or(|s| r.seed == s)).collect()
         };
-        let name = serde_json::to_value(method).expect("serialisable").as_str().unwrap_or_default().to_string();
-        out += &format!("| {name} |");
+        let kebab = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        let name = kebab(serde_json::to_value(method).expect("serialisable"));
+        match refine {
+            Refine::None => out += &format!("| {name} |"),
+            _ => out += &format!("| {name} + {} |", kebab(serde_json::to_value(refine).expect("serialisable"))),
+        }
         for d in &drives {
             let rs = of(Some(d), None);
             let miou: Vec<f64> = rs.iter().map(|r| r.miou).collect();
@@ -232,6 +244,7 @@ mod tests {
     fn result(method: Method, drive: &str, seed: u64, miou: f64) -> FoldResult {
         FoldResult {
             method,
+            refine: Refine::None,
             drive: drive.into(),
             seed,
             train_images: 2,
@@ -264,5 +277,13 @@ mod tests {
         let row = table.lines().nth(2).unwrap();
         // Held-out A: 15 ± 7.1; mean of folds: 20 ± 7.1 (of 15 and 25).
         assert_eq!(row, "| kmeans | 15.0 ± 7.1 / 30.0 ± 14.1 | 25.0 ± 7.1 / 50.0 ± 14.1 | 20.0 ± 7.1 / 40.0 ± 14.1 |", "{table}");
+    }
+
+    #[test]
+    fn refinements_get_rows_of_their_own() {
+        let refined = FoldResult { refine: Refine::Guided, ..result(Method::Cause, "A", 0, 30.0) };
+        let table = table(&[result(Method::Cause, "A", 0, 10.0), refined]);
+        let rows: Vec<&str> = table.lines().skip(2).collect();
+        assert_eq!(rows, ["| cause | 10.0 ± 0.0 / 20.0 ± 0.0 | 10.0 ± 0.0 / 20.0 ± 0.0 |", "| cause + guided | 30.0 ± 0.0 / 60.0 ± 0.0 | 30.0 ± 0.0 / 60.0 ± 0.0 |"], "{table}");
     }
 }

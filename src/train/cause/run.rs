@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::head_training::{train_head, HeadOptions, HeadReport};
 use super::modularity::{init_from_tokens, train_modularity, ModularityOptions, ModularityReport};
-use super::probe::{head_features, kmeans_probe, modularity_probe, ProbeKind};
+use super::probe::{head_features, kmeans_probe_of, modularity_probe, ProbeKind};
 use super::{Result, TrainError};
 use crate::head::{Head, HeadKind};
 use crate::train::features::FeatureSet;
@@ -132,15 +132,20 @@ pub fn run(set: &FeatureSet, options: &CauseOptions, concepts: usize, compare_pr
     let start = Instant::now();
     let mut probes = Vec::new();
     let mut probe_report = None;
-    if options.probe == ProbeKind::Kmeans || compare_probes {
-        probes.push((ProbeKind::Kmeans, kmeans_probe(&features, concepts, options.head.seed)?));
+    let mut kinds = vec![options.probe];
+    if compare_probes {
+        kinds.extend([ProbeKind::Kmeans, ProbeKind::Modularity].into_iter().filter(|k| *k != options.probe));
     }
-    if options.probe == ProbeKind::Modularity || compare_probes {
-        let probe_options = ModularityOptions { codes: concepts, ..options.probe_modularity };
-        let (p, r) = modularity_probe(&features, &probe_options)?;
-        log::info!("modularity probe: {} of {concepts} concepts used", r.used_codes);
-        probes.push((ProbeKind::Modularity, p));
-        probe_report = Some(r);
+    for kind in kinds {
+        if kind == ProbeKind::Modularity {
+            let probe_options = ModularityOptions { codes: concepts, ..options.probe_modularity };
+            let (p, r) = modularity_probe(&features, &probe_options)?;
+            log::info!("modularity probe: {} of {concepts} concepts used", r.used_codes);
+            probes.push((ProbeKind::Modularity, p));
+            probe_report = Some(r);
+        } else {
+            probes.push((kind, kmeans_probe_of(kind, &features, concepts, options.head.seed)?));
+        }
     }
     seconds.push(("probe", start.elapsed().as_secs_f64()));
     Ok(CauseResult { clusterbook, head, head_report, clusterbook_report, probes, probe_report, seconds })
