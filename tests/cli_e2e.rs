@@ -150,3 +150,21 @@ fn import_a_vit_export_and_fit_on_it() {
     ]));
     assert!(std::fs::read_to_string(model.join("model.toml")).unwrap().contains("my_vit.onnx"));
 }
+
+#[test]
+fn models_rename_names_concepts_in_the_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    std::fs::create_dir(&model).unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/camvid-kmeans");
+    for file in ["model.toml", "centroids.npy"] {
+        std::fs::copy(source.join(file), model.join(file)).unwrap();
+    }
+    let stdout = ok(&causeseg(&["models", "rename", "--model", model.to_str().unwrap(), "3=road:#804080", "0=sky"]));
+    assert!(stdout.contains("  3 road #804080"), "{stdout}");
+    let manifest = causeseg::model::Model::load(&model).unwrap().manifest;
+    assert_eq!((manifest.concepts.names[0].as_str(), manifest.concepts.names[3].as_str()), ("sky", "road"));
+    assert_eq!(manifest.concepts.colors[3], [0x80, 0x40, 0x80]);
+    common::assert_clean_error(&causeseg(&["models", "rename", "--model", model.to_str().unwrap(), "99=road"]), "concept 99 does not exist: the model has concepts 0 to 10");
+    common::assert_clean_error(&causeseg(&["models", "rename", "--model", model.to_str().unwrap(), "road"]), "'road' is not ID=NAME");
+}

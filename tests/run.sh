@@ -11,25 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ORT_VERSION=1.32.0
-# python3-pip: backbone fetch and onnxruntime; libclang-dev: nokhwa's bindgen
-# (feature camera); pkg-config + GStreamer dev files and base/good plugins
-# (feature gstreamer; videotestsrc for the tests).
-APT_PACKAGES=(python3-pip libclang-dev pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
-  gstreamer1.0-plugins-base gstreamer1.0-plugins-good)
-
-missing=()
-for package in "${APT_PACKAGES[@]}"; do
-  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
-done
-if ((${#missing[@]})); then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "tests/run.sh: installing ${missing[*]}"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-  else
-    echo "tests/run.sh: missing Debian packages: ${missing[*]}; run: sudo apt-get install ${missing[*]}" >&2
-    exit 1
-  fi
-fi
+# Debian packages and the feature set shared with examples/quickstart.sh.
+source tests/install-deps.sh
 
 # ONNX Runtime's CPU library for the ort backend tests, loaded at run time.
 ort_dir=target/onnxruntime-$ORT_VERSION
@@ -40,7 +23,6 @@ fi
 ORT_DYLIB_PATH=$(ls "$PWD/$ort_dir"/onnxruntime/capi/libonnxruntime.so.* | head -n 1)
 export ORT_DYLIB_PATH
 
-FEATURES=ort,camera,gstreamer,train
 cargo build --features "$FEATURES" --bins --examples
 cargo run --quiet --features "$FEATURES" --bin causeseg -- models fetch
 

@@ -66,7 +66,7 @@ mod trained {
         let dir = tempfile::tempdir().unwrap();
         let images = common::sample_images();
         let model = dir.path().join("cause");
-        let output = fit(&images, &model, &["--seed", "3"]);
+        let output = fit(&images, &model, &["--seed", "3", "--head", "mlp"]);
         assert!(output.status.success(), "{}", stderr(&output));
         for file in ["model.toml", "centroids.npy", "clusterbook.npy", "training.json", "head/f1_weight.npy", "head/f2b_bias.npy"] {
             assert!(model.join(file).is_file(), "{file} missing");
@@ -74,13 +74,13 @@ mod trained {
         let probe: ndarray::Array2<f32> = ndarray_npy::read_npy(model.join("centroids.npy")).unwrap();
         assert_eq!(probe.dim(), (3, 90), "probe lives in the head's 90-d space");
         let clusterbook: ndarray::Array2<f32> = ndarray_npy::read_npy(model.join("clusterbook.npy")).unwrap();
-        assert_eq!(clusterbook.dim(), (32, 32), "the clusterbook lives in the space whitened to 32 dims (the default)");
+        assert_eq!(clusterbook.dim(), (32, 64), "the clusterbook lives in the space whitened to 64 dims (the default)");
         let loaded = causeseg::model::Model::load(&model).expect("the runtime loads a CAUSE model");
         assert!(loaded.head.is_some());
 
         // Same seed, same model.
         let again = dir.path().join("again");
-        assert!(fit(&images, &again, &["--seed", "3"]).status.success());
+        assert!(fit(&images, &again, &["--seed", "3", "--head", "mlp"]).status.success());
         for file in ["centroids.npy", "clusterbook.npy", "head/f2a_weight.npy"] {
             assert_eq!(std::fs::read(model.join(file)).unwrap(), std::fs::read(again.join(file)).unwrap(), "{file}");
         }
@@ -88,11 +88,11 @@ mod trained {
         // Stages alone: a new head on the stored clusterbook; a probe on the stored head.
         let cb = model.join("clusterbook.npy");
         let reuse = dir.path().join("reuse");
-        let output = fit(&images, &reuse, &["--seed", "3", "--clusterbook", cb.to_str().unwrap()]);
+        let output = fit(&images, &reuse, &["--seed", "3", "--head", "mlp", "--clusterbook", cb.to_str().unwrap()]);
         assert!(output.status.success(), "{}", stderr(&output));
         assert_eq!(std::fs::read(&cb).unwrap(), std::fs::read(reuse.join("clusterbook.npy")).unwrap());
         let probe_only = dir.path().join("probe_only");
-        let output = fit(&images, &probe_only, &["--head-from", model.to_str().unwrap(), "--probe", "modularity"]);
+        let output = fit(&images, &probe_only, &["--head", "mlp", "--head-from", model.to_str().unwrap(), "--probe", "modularity"]);
         assert!(output.status.success(), "{}", stderr(&output));
         assert_eq!(std::fs::read(model.join("head/f1_weight.npy")).unwrap(), std::fs::read(probe_only.join("head/f1_weight.npy")).unwrap());
 
@@ -222,7 +222,7 @@ mod trained {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("model");
         // An absurd learning rate overflows the head's weights within a few steps.
-        let output = fit(&common::sample_images(), &out, &["--head-lr", "1e35"]);
+        let output = fit(&common::sample_images(), &out, &["--head", "mlp", "--head-lr", "1e35"]);
         assert!(!output.status.success());
         let err = stderr(&output);
         assert!(err.contains("NaN") && err.contains("no model was written"), "{err}");

@@ -26,6 +26,16 @@ pub enum ModelsCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Name concepts for display (legends, stats): `3=road 0=sky`, or with
+    /// a colour `3=road:#804080`. Rewrites the model's model.toml.
+    Rename {
+        /// The model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// ID=NAME or ID=NAME:#RRGGBB, one per concept to rename.
+        #[arg(required = true, value_parser = parse_rename)]
+        names: Vec<(usize, String, Option<[u8; 3]>)>,
+    },
     /// Write a model's fused graph (backbone → head → concept scores and
     /// argmax) as one ONNX file, e.g. to build a TensorRT engine from it.
     Export {
@@ -50,6 +60,17 @@ pub fn run(command: ModelsCommand, cache: &Path) -> anyhow::Result<()> {
             log::info!("imported {} into {}: patch {} px, {} features", onnx.display(), cache.display(), reference.patch_size, reference.feature_dim);
             println!("[backbone]\n{}", toml::to_string(&reference)?);
         }
+        ModelsCommand::Rename { model, names } => {
+            let mut model = Model::load(&model)?;
+            for (id, name, color) in &names {
+                model.manifest.rename_concept(*id, name, *color).map_err(|e| anyhow::anyhow!("{}: {e}", model.dir.display()))?;
+            }
+            model.save_manifest()?;
+            for (id, name) in model.manifest.concepts.names.iter().enumerate() {
+                let [r, g, b] = model.manifest.concepts.colors[id];
+                println!("{id:>3} {name} #{r:02x}{g:02x}{b:02x}");
+            }
+        }
         ModelsCommand::Export { model, out } => {
             let model = Model::load(&model)?;
             let backbone = backbone::resolve(&model.manifest.backbone, cache)?;
@@ -64,4 +85,33 @@ pub fn run(command: ModelsCommand, cache: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Parses `ID=NAME` or `ID=NAME:#RRGGBB`.
+fn parse_rename(text: &str) -> Result<(usize, String, Option<[u8; 3]>), String> {
+    let usage = || format!("'{text}' is not ID=NAME or ID=NAME:#RRGGBB (e.g. 3=road or 3=road:#804080)");
+    let (id, rest) = text.split_once('=').ok_or_else(usage)?;
+    let id = id.trim().parse::<usize>().map_err(|_| usage())?;
+    let (name, color) = match rest.rsplit_once(":#") {
+        Some((name, hex)) if hex.len() == 6 => {
+            let byte = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| usage());
+            (name, Some([byte(0)?, byte(2)?, byte(4)?]))
+        }
+        Some(_) => return Err(usage()),
+        None => (rest, None),
+    };
+    Ok((id, name.to_string(), color))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rename;
+
+    #[test]
+    fn rename_arguments() {
+        assert_eq!(parse_rename("3=road").unwrap(), (3, "road".into(), None));
+        assert_eq!(parse_rename("0=low vegetation:#6b8e23").unwrap(), (0, "low vegetation".into(), Some([0x6b, 0x8e, 0x23])));
+        assert!(parse_rename("road").unwrap_err().contains("is not ID=NAME"));
+        assert!(parse_rename("x=road").is_err() && parse_rename("1=road:#12").is_err() && parse_rename("1=road:#zzzzzz").is_err());
+    }
 }

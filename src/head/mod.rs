@@ -88,7 +88,7 @@ pub enum HeadError {
 /// positional embedding is learned per grid position).
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the TR head takes the {rows}x{cols} patch grid it was trained on ({} tokens of {dim} values) but got {found_tokens} tokens of {found_dim} values; run the model at its training input size",
+    "the TR head takes the {rows}x{cols} patch grid it was trained on ({} tokens of {dim} values) but got {found_tokens} tokens of {found_dim} values (Head::at_grid makes a head for another grid)",
     rows * cols
 )]
 pub struct GridMismatch {

@@ -132,6 +132,23 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// Renames concept `id` (a display name: never used in training) and,
+    /// when given, sets its display colour.
+    pub fn rename_concept(&mut self, id: usize, name: &str, color: Option<[u8; 3]>) -> Result<(), String> {
+        let k = self.concepts.names.len();
+        if id >= k {
+            return Err(format!("concept {id} does not exist: the model has concepts 0 to {}", k - 1));
+        }
+        if name.trim().is_empty() {
+            return Err(format!("concept {id}: the name is empty"));
+        }
+        self.concepts.names[id] = name.trim().to_string();
+        if let Some(color) = color {
+            self.concepts.colors[id] = color;
+        }
+        Ok(())
+    }
+
     /// Serialises the manifest as TOML, arrays (mean, std, colours) inline
     /// so a person can read and edit it.
     pub fn to_toml(&self) -> String {
@@ -180,6 +197,15 @@ mod tests {
             concepts: ConceptSpec { centroids: "c.npy".into(), names: vec!["a".into()], colors: vec![[1, 2, 3]] },
             head: None,
         }
+    }
+
+    #[test]
+    fn renaming_checks_the_concept_id() {
+        let mut m = sample();
+        m.rename_concept(0, " road ", Some([128, 64, 128])).unwrap();
+        assert_eq!((m.concepts.names[0].as_str(), m.concepts.colors[0]), ("road", [128, 64, 128]));
+        assert_eq!(m.rename_concept(1, "sky", None).unwrap_err(), "concept 1 does not exist: the model has concepts 0 to 0");
+        assert_eq!(m.rename_concept(0, " ", None).unwrap_err(), "concept 0: the name is empty");
     }
 
     #[test]

@@ -87,6 +87,15 @@ pub struct Model {
 }
 
 impl Model {
+    /// Writes the manifest back to `dir/model.toml` atomically (a temporary
+    /// file renamed over it), e.g. after renaming concepts.
+    pub fn save_manifest(&self) -> Result<(), ModelError> {
+        let path = self.dir.join("model.toml");
+        let partial = self.dir.join(".model.toml.partial");
+        std::fs::write(&partial, self.manifest.to_toml()).map_err(|source| ModelError::Io { path: partial.clone(), source })?;
+        std::fs::rename(&partial, &path).map_err(|source| ModelError::Io { path, source })
+    }
+
     /// Runs the model at `width` x `height` input pixels instead of its
     /// manifest's size (both multiples of the patch size).
     pub fn set_input_size(&mut self, width: u32, height: u32) -> Result<(), ModelError> {
