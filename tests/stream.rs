@@ -154,6 +154,16 @@ fn gstreamer_videotestsrc_source() {
 
 #[test]
 fn sigint_drains_flushes_and_exits_0_within_a_second() {
+    stop_signal_drains_flushes_and_exits_0_within_a_second("INT");
+}
+
+/// SIGTERM, what `ros2 launch` and systemd send, stops a run like Ctrl-C.
+#[test]
+fn sigterm_drains_flushes_and_exits_0_within_a_second() {
+    stop_signal_drains_flushes_and_exits_0_within_a_second("TERM");
+}
+
+fn stop_signal_drains_flushes_and_exits_0_within_a_second(signal: &str) {
     if backbone().is_none() || model_dir().is_none() {
         return;
     }
@@ -175,20 +185,20 @@ fn sigint_drains_flushes_and_exits_0_within_a_second() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let signalled = Instant::now();
-    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(signalled.elapsed() < Duration::from_secs(10), "still running 10 s after SIGINT");
+        assert!(signalled.elapsed() < Duration::from_secs(10), "still running 10 s after SIG{signal}");
         std::thread::sleep(Duration::from_millis(2));
     };
     let took = signalled.elapsed();
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
-    assert!(took < Duration::from_secs(1), "exited {took:?} after SIGINT");
+    assert!(took < Duration::from_secs(1), "exited {took:?} after SIG{signal}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("processed"));
 
     let lines = stats_lines(&stats);

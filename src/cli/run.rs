@@ -101,7 +101,7 @@ pub fn run(args: RunArgs, cache: &Path) -> anyhow::Result<()> {
         stream.add_sink(Box::new(StatsSink::create(path, concepts.names.len())?));
     }
     let stop = Arc::new(AtomicBool::new(false));
-    stop_on_ctrl_c(stop.clone())?;
+    stop_on_signals(stop.clone())?;
     let report = stream.run(source, stop)?;
     println!("{report}");
     anyhow::ensure!(
@@ -117,8 +117,9 @@ pub fn run(args: RunArgs, cache: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// First Ctrl-C: stop capture, drain and flush. Second: exit at once.
-fn stop_on_ctrl_c(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+/// First Ctrl-C (SIGINT), SIGTERM or SIGHUP: stop capture, drain and flush.
+/// Second: exit at once.
+fn stop_on_signals(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let presses = AtomicU32::new(0);
     ctrlc::set_handler(move || {
         if presses.fetch_add(1, Ordering::Relaxed) > 0 {
