@@ -12,7 +12,7 @@ fn stderr(output: &std::process::Output) -> String {
 }
 
 /// The committed default CAUSE model loads with the runtime (no `train`
-/// feature needed): TR head 384 -> 90 on 32-d whitened tokens, 11 concepts
+/// feature needed): TR head 384 -> 90 on 64-d whitened tokens, 11 concepts
 /// in the head's space.
 #[test]
 fn committed_cause_model_loads() {
@@ -22,7 +22,7 @@ fn committed_cause_model_loads() {
     assert_eq!((head.kind(), head.input_dim(), head.output_dim()), (causeseg::head::HeadKind::Tr, 384, 90));
     assert_eq!(model.centroids.dim(), (11, 90));
     let clusterbook: ndarray::Array2<f32> = ndarray_npy::read_npy(dir.join("clusterbook.npy")).unwrap();
-    assert_eq!(clusterbook.dim(), (2048, 32));
+    assert_eq!(clusterbook.dim(), (2048, 64));
 }
 
 #[cfg(not(feature = "train"))]
