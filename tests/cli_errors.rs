@@ -106,6 +106,16 @@ fn bad_flags() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'sparkles'"));
 }
 
+/// Every command that runs a model takes --size; a size off the patch grid
+/// is one error line, with no usage line suggesting another option.
+#[test]
+fn size_off_the_patch_grid() {
+    let image = common::sample_images().join("chelsea.jpg");
+    let out = causeseg(&["segment", image.to_str().unwrap(), "--out", "o", "--size", "100x100"]);
+    assert_clean_error(&out, "--size 100x100 is not a multiple of the patch size 14");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("Usage:"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn fit_on_an_empty_directory() {
     let dir = tempfile::tempdir().unwrap();
