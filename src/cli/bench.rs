@@ -32,7 +32,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "tract")]
     backend: Vec<Backend>,
     /// Refinement timed in the postprocess stage.
-    #[arg(long, value_enum, default_value_t = Refine::None)]
+    #[arg(long, value_enum, default_value_t = Refine::Guided)]
     refine: Refine,
 }
 

@@ -64,8 +64,9 @@ struct ModelArgs {
     #[arg(long, value_enum, default_value_t = Backend::Tract)]
     backend: Backend,
     /// How concept scores become labels: `guided` snaps boundaries to the
-    /// image's edges (a guided filter at output resolution).
-    #[arg(long, value_enum, default_value_t = Refine::None)]
+    /// image's edges (a guided filter at output resolution), `none` is
+    /// plain bilinear upsampling.
+    #[arg(long, value_enum, default_value_t = Refine::Guided)]
     refine: Refine,
     /// Model input size WIDTHxHEIGHT, multiples of the patch size (a TR
     /// head's positional embedding is interpolated) [default: the model's].

@@ -46,7 +46,7 @@ pub struct ProtocolArgs {
     backend: Backend,
     /// Refinements every fitted model is measured with, comma-separated
     /// (each gets its own row).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "none")]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "none,guided")]
     refine: Vec<causeseg::pipeline::refine::Refine>,
     /// Append one JSON line per fold, method, seed and refinement to this file.
     #[arg(long)]

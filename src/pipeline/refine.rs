@@ -20,9 +20,11 @@ use super::preprocess::Placement;
 #[serde(rename_all = "kebab-case")]
 pub enum Refine {
     /// Bilinear upsampling of the scores, then argmax.
-    #[default]
     None,
-    /// A colour-guided filter of the upsampled scores, then argmax.
+    /// A colour-guided filter of the upsampled scores, then argmax (the
+    /// default: it raised mIoU and pixel accuracy on held-out drives for
+    /// every method, for about 5 % of the fused graph's time).
+    #[default]
     Guided,
 }
 

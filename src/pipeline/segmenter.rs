@@ -133,7 +133,7 @@ impl Segmenter {
         &self.model
     }
 
-    /// Chooses how scores become labels (default: [`Refine::None`]).
+    /// Chooses how scores become labels (default: [`Refine::Guided`]).
     pub fn set_refine(&mut self, refine: Refine) {
         self.refine = refine;
     }
