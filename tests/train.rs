@@ -140,14 +140,16 @@ mod trained {
         assert!(output.status.success(), "{}", stderr(&output));
         let lines: Vec<serde_json::Value> =
             std::fs::read_to_string(&json).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines.len(), 2 * 3 * 2, "2 drives x 3 methods x 2 seeds");
+        assert_eq!(lines.len(), 2 * 3 * 2 * 2, "2 drives x 3 methods x 2 seeds x refinements none and guided (the default)");
+        let refines: std::collections::BTreeSet<&str> = lines.iter().map(|l| l["refine"].as_str().unwrap()).collect();
+        assert_eq!(refines.into_iter().collect::<Vec<_>>(), ["guided", "none"]);
         for line in &lines {
             // Trained on the other drive's 3 images, measured on the held-out 3.
             assert_eq!((line["train_images"].as_u64(), line["test_images"].as_u64()), (Some(3), Some(3)), "{line}");
             assert!((0.0..=100.0).contains(&line["miou"].as_f64().unwrap()), "{line}");
         }
         let table = String::from_utf8_lossy(&output.stdout);
-        for needle in ["held-out 0001TP", "held-out 0006R0", "mean of folds", "kmeans-whitened", "cause"] {
+        for needle in ["held-out 0001TP", "held-out 0006R0", "mean of folds", "kmeans-whitened", "cause", "cause + guided"] {
             assert!(table.contains(needle), "{needle} missing from:\n{table}");
         }
 

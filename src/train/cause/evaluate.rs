@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use image::imageops::{self, FilterType};
-use image::{GrayImage, RgbImage};
+use image::GrayImage;
 use ndarray::{Array2, Array3};
 
 use super::{Result, TrainError};
@@ -16,7 +16,7 @@ use crate::eval::metrics::{Confusion, Metrics};
 use crate::head::{average_with_flipped, Head};
 use crate::linalg::l2_normalize_rows;
 use crate::model::manifest::InputSpec;
-use crate::pipeline::postprocess::concept_scores;
+use crate::pipeline::postprocess::{concept_scores, upsample_argmax};
 use crate::pipeline::preprocess::Preprocessor;
 use crate::pipeline::refine::{refined_labels, Refine};
 use crate::train::features::FeatureSet;
@@ -93,15 +93,15 @@ pub fn evaluate(
         let scores = concept_scores(features.view(), &probe);
         let truth = &data.labels[i];
         let placement = preprocessor.placement(data.sizes[i]);
-        let guide = match refine {
-            Refine::None => RgbImage::new(truth.width(), truth.height()),
+        let predicted = match refine {
+            Refine::None => upsample_argmax(&scores, &placement, patch, truth.width(), truth.height()),
             _ => {
                 let path = &data.set.paths[i];
                 let image = crate::source::decode_file(path).map_err(|e| TrainError::Invalid(e.to_string()))?;
-                if image.dimensions() == truth.dimensions() { image } else { imageops::resize(&image, truth.width(), truth.height(), FilterType::Triangle) }
+                let guide = if image.dimensions() == truth.dimensions() { image } else { imageops::resize(&image, truth.width(), truth.height(), FilterType::Triangle) };
+                refined_labels(&scores, &placement, patch, &guide, refine)
             }
         };
-        let predicted = refined_labels(&scores, &placement, patch, &guide, refine);
         for (&p, &t) in predicted.as_raw().iter().zip(truth.as_raw()) {
             if Some(t) == ignore {
                 continue;
