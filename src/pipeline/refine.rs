@@ -28,14 +28,16 @@ pub enum Refine {
     Guided,
 }
 
-/// The label map of `scores` (`[rows, cols, K]`, placed in the input as
-/// `placement` says) at the size of `guide`, the image (resized to the
-/// output size) whose edges [`Refine::Guided`] follows.
-pub fn refined_labels(scores: &Array3<f32>, placement: &Placement, patch: u32, guide: &RgbImage, refine: Refine) -> GrayImage {
-    let (w, h) = guide.dimensions();
+/// The `out_size` label map of `scores` (`[rows, cols, K]`, placed in the
+/// input as `placement` says); [`Refine::Guided`] follows the edges of
+/// `image` (resized to `out_size` when it differs), [`Refine::None`] does
+/// not look at it.
+pub fn refined_labels(scores: &Array3<f32>, placement: &Placement, patch: u32, image: &RgbImage, out_size: (u32, u32), refine: Refine) -> GrayImage {
+    let (w, h) = out_size;
     match refine {
         Refine::None => upsample_argmax(scores, placement, patch, w, h),
-        Refine::Guided => GuidedFilter::default().labels(scores, placement, patch, guide),
+        Refine::Guided if image.dimensions() == out_size => GuidedFilter::default().labels(scores, placement, patch, image),
+        Refine::Guided => GuidedFilter::default().labels(scores, placement, patch, &imageops::resize(image, w, h, FilterType::Triangle)),
     }
 }
 
@@ -213,8 +215,8 @@ mod tests {
     #[test]
     fn guided_refinement_snaps_a_blurred_boundary_to_the_image_edge() {
         let (scores, image) = two_regions();
-        let plain = refined_labels(&scores, &identity_placement(64, 32), 16, &image, Refine::None);
-        let refined = refined_labels(&scores, &identity_placement(64, 32), 16, &image, Refine::Guided);
+        let plain = refined_labels(&scores, &identity_placement(64, 32), 16, &image, (64, 32), Refine::None);
+        let refined = refined_labels(&scores, &identity_placement(64, 32), 16, &image, (64, 32), Refine::Guided);
         for y in 0..32 {
             for x in 0..64 {
                 assert_eq!(plain.get_pixel(x, y).0[0], u8::from(x >= 32), "plain at ({x}, {y})");
@@ -227,8 +229,8 @@ mod tests {
     fn guided_refinement_keeps_a_flat_image_like_plain_upsampling() {
         let (scores, _) = two_regions();
         let flat = RgbImage::from_pixel(64, 32, Rgb([120, 120, 120]));
-        let plain = refined_labels(&scores, &identity_placement(64, 32), 16, &flat, Refine::None);
-        let refined = refined_labels(&scores, &identity_placement(64, 32), 16, &flat, Refine::Guided);
+        let plain = refined_labels(&scores, &identity_placement(64, 32), 16, &flat, (64, 32), Refine::None);
+        let refined = refined_labels(&scores, &identity_placement(64, 32), 16, &flat, (64, 32), Refine::Guided);
         assert_eq!(plain, refined);
     }
 

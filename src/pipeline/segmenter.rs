@@ -5,12 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use image::imageops::{self, FilterType};
 use image::{GrayImage, RgbImage};
 use ndarray::Array3;
 
 use super::preprocess::{Placement, PreprocessError, Preprocessor};
-use super::postprocess::upsample_argmax;
 use super::refine::{refined_labels, Refine};
 use crate::model::manifest::ResizePolicy;
 use crate::timing::{ms_since, StageTimes};
@@ -150,11 +148,7 @@ impl Segmenter {
         let start = Instant::now();
         let (w, h) = out_size.unwrap_or(image.dimensions());
         let patch = self.model.manifest.backbone.patch_size;
-        let labels = match (self.refine, image.dimensions() == (w, h)) {
-            (Refine::None, _) => upsample_argmax(&scores, &placement, patch, w, h),
-            (refine, true) => refined_labels(&scores, &placement, patch, image, refine),
-            (refine, false) => refined_labels(&scores, &placement, patch, &imageops::resize(image, w, h, FilterType::Triangle), refine),
-        };
+        let labels = refined_labels(&scores, &placement, patch, image, (w, h), self.refine);
         times.postprocess_ms = ms_since(start);
         Ok(Segmentation { labels, times })
     }

@@ -7,7 +7,6 @@
 
 use std::path::PathBuf;
 
-use image::imageops::{self, FilterType};
 use image::GrayImage;
 use ndarray::{Array2, Array3};
 
@@ -96,10 +95,8 @@ pub fn evaluate(
         let predicted = match refine {
             Refine::None => upsample_argmax(&scores, &placement, patch, truth.width(), truth.height()),
             _ => {
-                let path = &data.set.paths[i];
-                let image = crate::source::decode_file(path).map_err(|e| TrainError::Invalid(e.to_string()))?;
-                let guide = if image.dimensions() == truth.dimensions() { image } else { imageops::resize(&image, truth.width(), truth.height(), FilterType::Triangle) };
-                refined_labels(&scores, &placement, patch, &guide, refine)
+                let image = crate::source::decode_file(&data.set.paths[i]).map_err(|e| TrainError::Invalid(e.to_string()))?;
+                refined_labels(&scores, &placement, patch, &image, truth.dimensions(), refine)
             }
         };
         for (&p, &t) in predicted.as_raw().iter().zip(truth.as_raw()) {
