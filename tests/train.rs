@@ -153,12 +153,21 @@ mod trained {
             assert!(table.contains(needle), "{needle} missing from:\n{table}");
         }
 
-        // One fold only.
+        // One fold only, with and without self-training.
         let base = ["protocol", "--images", images.to_str().unwrap(), "--labels", labels.to_str().unwrap(), "--classes", "11", "--ignore", "11", "--size", "224x168", "--methods", "kmeans", "--seeds", "0"];
-        let output = causeseg(&[&base[..], &["--hold-out", "0006R0"]].concat());
+        // Measured at another size than trained, and with flip averaging.
+        let json = dir.path().join("one-fold.jsonl");
+        let extra = ["--hold-out", "0006R0", "--refine", "none", "--self-train", "--self-train-epochs", "2", "--flip", "--eval-size", "252x182", "--json", json.to_str().unwrap()];
+        let output = causeseg(&[&base[..], &extra].concat());
         assert!(output.status.success(), "{}", stderr(&output));
         let table = String::from_utf8_lossy(&output.stdout);
         assert!(table.contains("held-out 0006R0") && !table.contains("held-out 0001TP"), "{table}");
+        let rows: Vec<&str> = table.lines().skip(2).map(|l| l.split(" |").next().unwrap()).collect();
+        assert_eq!(rows, ["| kmeans", "| kmeans + flip", "| kmeans + self-train", "| kmeans + self-train + flip"], "{table}");
+        let line: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&json).unwrap().lines().next().unwrap()).unwrap();
+        assert_eq!(line["eval_size"], serde_json::json!([252, 182]), "{line}");
+        let output = causeseg(&[&base[..], &["--eval-size", "100x100"]].concat());
+        common::assert_clean_error(&output, "--eval-size 100x100 is not a multiple of the patch size 14");
         let output = causeseg(&[&base[..], &["--hold-out", "9999XX"]].concat());
         common::assert_clean_error(&output, "no image of drive '9999XX' to hold out; the drives are 0001TP, 0006R0");
     }
@@ -242,6 +251,34 @@ mod trained {
         assert!(!output.status.success());
         assert!(stderr(&output).contains("nan.npy") && stderr(&output).contains("not finite"), "{}", stderr(&output));
         assert!(!out.exists());
+    }
+
+    /// Self-training is label-free: it runs on a directory of images with
+    /// no label directory anywhere beside it, and records what it did.
+    #[test]
+    fn self_training_runs_without_any_labels() {
+        if common::backbone().is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let Some(camvid) = common::require(common::shared_dir().join("data/camvid/train/images"), "CamVid train") else { return };
+        let images = dir.path().join("images");
+        std::fs::create_dir_all(&images).unwrap();
+        for image in causeseg::source::list_images(&camvid).unwrap().iter().take(4) {
+            std::fs::copy(image, images.join(image.file_name().unwrap())).unwrap();
+        }
+        assert!(!dir.path().join("labels").exists());
+        let model = dir.path().join("model");
+        let output = fit(&images, &model, &["--head", "mlp", "--self-train", "--self-train-epochs", "3"]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(model.join("training.json")).unwrap()).unwrap();
+        let covered = report["self_training"]["covered"].as_f64().unwrap();
+        assert!(covered > 0.5 && covered <= 1.0, "{report}");
+        assert!(report["self_training"]["masks_per_image"].as_f64().unwrap() >= 1.0, "{report}");
+        assert_eq!(report["self_training_options"]["epochs"], 3);
+        let manifest = std::fs::read_to_string(model.join("model.toml")).unwrap();
+        assert!(manifest.contains("self-trained on mask proposals"), "{manifest}");
+        assert!(causeseg::model::Model::load(&model).is_ok());
     }
 
     /// CAUSE-TR on whitened tokens with five-crop training, on the sample

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use causeseg::model::backbone::{self, DINOV2_VITS14};
+use causeseg::model::manifest::parse_color;
 use causeseg::model::{fused, Model};
 
 #[derive(Debug, clap::Subcommand)]
@@ -93,11 +94,7 @@ fn parse_rename(text: &str) -> Result<(usize, String, Option<[u8; 3]>), String> 
     let (id, rest) = text.split_once('=').ok_or_else(usage)?;
     let id = id.trim().parse::<usize>().map_err(|_| usage())?;
     let (name, color) = match rest.rsplit_once(":#") {
-        Some((name, hex)) if hex.len() == 6 => {
-            let byte = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| usage());
-            (name, Some([byte(0)?, byte(2)?, byte(4)?]))
-        }
-        Some(_) => return Err(usage()),
+        Some((name, hex)) => (name, Some(parse_color(&format!("#{hex}")).map_err(|_| usage())?)),
         None => (rest, None),
     };
     Ok((id, name.to_string(), color))

@@ -38,6 +38,14 @@ pub struct ProtocolArgs {
     /// Model input size, WIDTHxHEIGHT.
     #[arg(long, value_parser = super::parse_size, default_value = "448x336")]
     size: (u32, u32),
+    /// Measure at this input size, WIDTHxHEIGHT (default: --size); the
+    /// models are still trained at --size.
+    #[arg(long, value_parser = super::parse_size)]
+    eval_size: Option<(u32, u32)>,
+    /// Also measure every model with flip averaging (features of the image
+    /// and of its mirror averaged; twice the backbone time at run time).
+    #[arg(long)]
+    flip: bool,
     /// Backbone file in the cache.
     #[arg(long, default_value = DINOV2_VITS14.file)]
     backbone: String,
@@ -101,12 +109,19 @@ pub fn run(args: ProtocolArgs, cache: &Path) -> anyhow::Result<()> {
         Some(path) => Some(std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?),
         None => None,
     };
-    let options = args.cause.options(0, None);
-    let plan = Plan { methods, seeds: args.seeds, hold_out: args.hold_out, refines: args.refine };
+    let mut options = args.cause.options(0, None);
+    let eval_input = args.eval_size.map(|(width, height)| InputSpec { width, height, ..extraction.input.clone() });
+    if let Some(eval) = &eval_input {
+        let p = extraction.backbone.patch_size;
+        anyhow::ensure!(eval.width % p == 0 && eval.height % p == 0, "--eval-size {}x{} is not a multiple of the patch size {p}", eval.width, eval.height);
+    }
+    let plan = Plan { methods, seeds: args.seeds, hold_out: args.hold_out, refines: args.refine, self_train: options.self_train.take(), eval_input, flip: args.flip };
     let results = run_protocol(&extraction, &pairs, args.classes, args.ignore, &plan, &options, |r| {
         log::info!(
-            "{:?} ({:?}) held-out {} seed {}: mIoU {:.2} %, pixel accuracy {:.2} %, {} dead concepts ({} train / {} test images, fit {:.0} s)",
+            "{:?}{}{} ({:?}) held-out {} seed {}: mIoU {:.2} %, pixel accuracy {:.2} %, {} dead concepts ({} train / {} test images, fit {:.0} s)",
             r.method,
+            if r.self_trained { " self-trained" } else { "" },
+            if r.flip { " flip-averaged" } else { "" },
             r.refine,
             r.drive,
             r.seed,

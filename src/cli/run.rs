@@ -1,6 +1,8 @@
 //! `causeseg run`: frames from a camera, a GStreamer pipeline or image files
-//! through the model in real time, into image files and per-frame stats.
+//! through the model in real time, into image files, per-frame stats and a
+//! live browser preview.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -8,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use causeseg::sink::preview::{self, Preview, PreviewConfig};
 use causeseg::sink::{FrameImages, ImageSink, StatsSink, Visualization};
 use causeseg::source::{self, CameraOptions, PixelFormat, SourceOptions, SourceUri};
 use causeseg::stream::{Stream, StreamConfig};
@@ -48,6 +51,18 @@ pub struct RunArgs {
     /// timestamp, per-stage latency, concept pixel fractions).
     #[arg(long)]
     stats: Option<PathBuf>,
+    /// Serve a live preview on ADDR: PORT (on loopback) or HOST:PORT (e.g.
+    /// 0.0.0.0:8080 for the network). The page shows the stream (overlay,
+    /// input, mask or labels), the legend with pixel shares, FPS and
+    /// latency, and renames concepts in the model's model.toml; also
+    /// /stream.mjpg, /stats, /concepts, /healthz.
+    #[arg(long, value_name = "ADDR", value_parser = preview::parse_addr)]
+    serve: Option<SocketAddr>,
+    /// With --serve: every request must carry this token (?token=TOKEN or
+    /// `Authorization: Bearer TOKEN`); without one, renaming is refused
+    /// unless the preview listens on loopback.
+    #[arg(long, env = "CAUSESEG_SERVE_TOKEN", hide_env_values = true)]
+    serve_token: Option<String>,
     /// Camera resolution WIDTHxHEIGHT (V4L2 default 640x480, CSI 1280x720).
     #[arg(long, value_parser = super::parse_size)]
     resolution: Option<(u32, u32)>,
@@ -92,7 +107,19 @@ pub fn run(args: RunArgs, cache: &Path) -> anyhow::Result<()> {
         log_every: args.log_every,
         ..Default::default()
     };
+    let model_dir = segmenter.model().dir.clone();
     let mut stream = Stream::new(segmenter, config);
+    // Kept until the end of the run: dropping it stops the server.
+    let _preview = match args.serve {
+        Some(addr) => {
+            let config = PreviewConfig { model_dir: &model_dir, names: &concepts.names, colors: &concepts.colors, alpha: args.alpha, token: args.serve_token.clone() };
+            let preview = Preview::start(addr, config).map_err(|e| anyhow::anyhow!("--serve {e}"))?;
+            eprintln!("preview: http://{}/", preview.addr());
+            stream.add_sink(Box::new(preview.sink()));
+            Some(preview)
+        }
+        None => None,
+    };
     if let Some(dir) = &args.save {
         let sink = ImageSink::new(dir, &args.visualize, args.alpha, &concepts.names, &concepts.colors)?;
         stream.add_sink(Box::new(FrameImages::new(sink, args.every)));

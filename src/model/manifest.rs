@@ -15,6 +15,45 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// The ImageNet standard deviation every supported backbone was trained with.
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// The longest concept name, in characters: legends, ROS messages and the
+/// preview page stay readable.
+pub const MAX_CONCEPT_NAME: usize = 64;
+
+/// Why a concept cannot be renamed ([`Manifest::rename_concept`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenameError {
+    /// The model has no concept with this id.
+    #[error("concept {id} does not exist: the model has concepts 0 to {}", count - 1)]
+    UnknownConcept {
+        /// The id asked for.
+        id: usize,
+        /// How many concepts the model has.
+        count: usize,
+    },
+    /// The new name is empty (or only spaces).
+    #[error("concept {id}: the name is empty")]
+    EmptyName {
+        /// The concept.
+        id: usize,
+    },
+    /// The new name is longer than [`MAX_CONCEPT_NAME`].
+    #[error("concept {id}: the name has {chars} characters; at most {MAX_CONCEPT_NAME}")]
+    NameTooLong {
+        /// The concept.
+        id: usize,
+        /// The name's length in characters.
+        chars: usize,
+    },
+}
+
+/// Parses a display colour written `#RRGGBB` (hex, either case).
+pub fn parse_color(text: &str) -> Result<[u8; 3], String> {
+    let bad = || format!("'{text}' is not a colour #RRGGBB (e.g. #804080)");
+    let hex = text.strip_prefix('#').filter(|h| h.len() == 6 && h.bytes().all(|b| b.is_ascii_hexdigit())).ok_or_else(bad)?;
+    let byte = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| bad());
+    Ok([byte(0)?, byte(2)?, byte(4)?])
+}
+
 /// The parsed `model.toml` of a model directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,17 +171,23 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Renames concept `id` (a display name: never used in training) and,
-    /// when given, sets its display colour.
-    pub fn rename_concept(&mut self, id: usize, name: &str, color: Option<[u8; 3]>) -> Result<(), String> {
-        let k = self.concepts.names.len();
-        if id >= k {
-            return Err(format!("concept {id} does not exist: the model has concepts 0 to {}", k - 1));
+    /// Renames concept `id` (a display name: never used in training; trimmed,
+    /// at most [`MAX_CONCEPT_NAME`] characters) and, when given, sets its
+    /// display colour.
+    pub fn rename_concept(&mut self, id: usize, name: &str, color: Option<[u8; 3]>) -> Result<(), RenameError> {
+        let count = self.concepts.names.len();
+        if id >= count {
+            return Err(RenameError::UnknownConcept { id, count });
         }
-        if name.trim().is_empty() {
-            return Err(format!("concept {id}: the name is empty"));
+        let name = name.trim();
+        let chars = name.chars().count();
+        if chars == 0 {
+            return Err(RenameError::EmptyName { id });
         }
-        self.concepts.names[id] = name.trim().to_string();
+        if chars > MAX_CONCEPT_NAME {
+            return Err(RenameError::NameTooLong { id, chars });
+        }
+        self.concepts.names[id] = name.to_string();
         if let Some(color) = color {
             self.concepts.colors[id] = color;
         }
@@ -204,8 +249,20 @@ mod tests {
         let mut m = sample();
         m.rename_concept(0, " road ", Some([128, 64, 128])).unwrap();
         assert_eq!((m.concepts.names[0].as_str(), m.concepts.colors[0]), ("road", [128, 64, 128]));
-        assert_eq!(m.rename_concept(1, "sky", None).unwrap_err(), "concept 1 does not exist: the model has concepts 0 to 0");
-        assert_eq!(m.rename_concept(0, " ", None).unwrap_err(), "concept 0: the name is empty");
+        assert_eq!(m.rename_concept(1, "sky", None).unwrap_err().to_string(), "concept 1 does not exist: the model has concepts 0 to 0");
+        assert_eq!(m.rename_concept(0, " ", None).unwrap_err().to_string(), "concept 0: the name is empty");
+        m.rename_concept(0, &"é".repeat(MAX_CONCEPT_NAME), None).unwrap();
+        let long = "x".repeat(MAX_CONCEPT_NAME + 1);
+        assert_eq!(m.rename_concept(0, &long, None).unwrap_err().to_string(), "concept 0: the name has 65 characters; at most 64");
+    }
+
+    #[test]
+    fn colours_are_hex_triplets() {
+        assert_eq!(parse_color("#804080"), Ok([0x80, 0x40, 0x80]));
+        assert_eq!(parse_color("#A0b0C0"), Ok([0xa0, 0xb0, 0xc0]));
+        for bad in ["804080", "#80408", "#8040800", "#zzzzzz", "#+f+f+f", "#ééé", ""] {
+            assert_eq!(parse_color(bad).unwrap_err(), format!("'{bad}' is not a colour #RRGGBB (e.g. #804080)"));
+        }
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! Sinks: where label maps go (image files, per-frame stats; ROS 2 topics
-//! later). The streaming loop drives any number of [`FrameSink`]s.
+//! Sinks: where label maps go (image files, per-frame stats, the live
+//! browser preview; ROS 2 topics later). The streaming loop drives any number of [`FrameSink`]s.
 
 pub mod files;
+pub mod preview;
 pub mod saver;
 pub mod stats;
 
 pub use files::{ImageSink, SinkError, Visualization};
+pub use preview::{Preview, PreviewConfig, PreviewSink};
 pub use saver::FrameImages;
 pub use stats::StatsSink;
 

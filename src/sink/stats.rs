@@ -32,25 +32,66 @@ pub struct StatsSink {
     concepts: usize,
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    index: u64,
-    name: Option<&'a str>,
-    timestamp: f64,
-    width: u32,
-    height: u32,
-    latency_ms: Latency,
-    concept_fractions: Vec<f32>,
+/// One processed frame's stats: a line of `--stats` (and the body of the
+/// preview's `/stats`), serialised as in the module documentation.
+#[derive(Debug, Serialize)]
+pub struct FrameStats<'a> {
+    /// The frame's position in the stream.
+    pub index: u64,
+    /// The source file's stem (`None` for cameras and pipelines).
+    pub name: Option<&'a str>,
+    /// Capture time, in seconds since the Unix epoch.
+    pub timestamp: f64,
+    /// Label map width in pixels.
+    pub width: u32,
+    /// Label map height in pixels.
+    pub height: u32,
+    /// Per-stage latency in milliseconds.
+    pub latency_ms: Latency,
+    /// Share of the pixels labelled with each concept.
+    pub concept_fractions: Vec<f32>,
 }
 
-#[derive(Serialize)]
-struct Latency {
-    decode: f64,
-    queue: f64,
-    preprocess: f64,
-    inference: f64,
-    postprocess: f64,
-    end_to_end: f64,
+/// Per-stage latency of one frame, in milliseconds (rounded to microseconds).
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    /// Decoding the encoded image.
+    pub decode: f64,
+    /// Waiting for the model.
+    pub queue: f64,
+    /// Resize and normalisation.
+    pub preprocess: f64,
+    /// The model's fused graph.
+    pub inference: f64,
+    /// Upsampling and argmax.
+    pub postprocess: f64,
+    /// From capture until the frame reached this sink.
+    pub end_to_end: f64,
+}
+
+impl<'a> FrameStats<'a> {
+    /// The stats of `processed` for a model of `concepts` concepts;
+    /// `end_to_end_ms` is the time from capture until the frame reached the
+    /// sink.
+    pub fn new(processed: &'a ProcessedFrame, concepts: usize, end_to_end_ms: f64) -> Self {
+        let (frame, t) = (&processed.frame, &processed.times);
+        FrameStats {
+            index: frame.index,
+            name: frame.data.name.as_deref(),
+            timestamp: frame.data.timestamp.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
+            width: processed.labels.width(),
+            height: processed.labels.height(),
+            latency_ms: Latency {
+                decode: round(t.decode_ms),
+                queue: round(processed.queue_ms),
+                preprocess: round(t.preprocess_ms),
+                inference: round(t.inference_ms),
+                postprocess: round(t.postprocess_ms),
+                end_to_end: round(end_to_end_ms),
+            },
+            concept_fractions: concept_fractions(&processed.labels, concepts),
+        }
+    }
 }
 
 /// Rounds to microseconds, enough for milliseconds in a log.
@@ -76,23 +117,7 @@ impl StatsSink {
 
 impl FrameSink for StatsSink {
     fn write(&mut self, processed: &ProcessedFrame) -> Result<(), SinkError> {
-        let (frame, t) = (&processed.frame, &processed.times);
-        let line = Line {
-            index: frame.index,
-            name: frame.data.name.as_deref(),
-            timestamp: frame.data.timestamp.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
-            width: processed.labels.width(),
-            height: processed.labels.height(),
-            latency_ms: Latency {
-                decode: round(t.decode_ms),
-                queue: round(processed.queue_ms),
-                preprocess: round(t.preprocess_ms),
-                inference: round(t.inference_ms),
-                postprocess: round(t.postprocess_ms),
-                end_to_end: round(ms_since(frame.captured)),
-            },
-            concept_fractions: concept_fractions(&processed.labels, self.concepts),
-        };
+        let line = FrameStats::new(processed, self.concepts, ms_since(processed.frame.captured));
         serde_json::to_writer(&mut self.file, &line).map_err(|e| self.error(e))?;
         self.file.write_all(b"\n").map_err(|e| self.error(e))?;
         self.file.flush().map_err(|e| self.error(e))

@@ -12,6 +12,7 @@ use super::evaluate::{evaluate, LabelledFeatures};
 use crate::pipeline::refine::Refine;
 use super::probe::kmeans_probe;
 use super::run::{run, train_clusterbook, CauseOptions, CauseResult};
+use super::self_training::{self_train_model, SelfTrainOptions};
 use super::whiten::{InputTransform, WhiteningReport};
 use super::{Result, TrainError};
 use crate::eval::pair_by_stem;
@@ -35,6 +36,9 @@ pub struct FitOptions {
     pub center_input: bool,
     /// Only train the clusterbook: the output gets `clusterbook.npy`, no model.
     pub clusterbook_only: bool,
+    /// Self-train the written probe on principal mask proposals of the
+    /// training images (whole views only) after the stages.
+    pub self_train: Option<SelfTrainOptions>,
     /// Labelled images to measure on after training (labels never reach a
     /// training stage).
     pub validation: Option<Validation>,
@@ -65,6 +69,7 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
     let started = Instant::now();
     let mut set = extraction.features(&job.images, View::Full, "features")?;
     let images_used = set.len();
+    let whole_views = options.self_train.map(|_| FeatureSet { grids: set.grids.clone(), paths: set.paths.clone(), skipped: 0 });
     if options.five_crop {
         let paths = set.paths.clone();
         for (i, view) in View::FULL_AND_FIVE_CROPS[1..].iter().enumerate() {
@@ -87,7 +92,19 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
         return Ok(writer.finish(None)?);
     }
     let skipped = set.skipped;
-    let trained = train(set, options, job.concepts, options.validation.is_some(), baseline)?;
+    let mut trained = train(set, options, job.concepts, options.validation.is_some(), baseline)?;
+    let mut self_train_report = None;
+    if let (Some(self_train), Some(whole)) = (&options.self_train, &whole_views) {
+        let started = Instant::now();
+        let result = &mut trained.result;
+        let kind = options.stages.probe;
+        let probe = result.probe(kind).expect("the chosen probe is always fitted");
+        let (probe, report) = self_train_model(whole, Some(&result.head), probe, self_train)?;
+        result.probes.retain(|(k, _)| *k != kind);
+        result.probes.push((kind, probe));
+        result.seconds.push(("self-training", started.elapsed().as_secs_f64()));
+        self_train_report = Some(report);
+    }
     let Trained { result, transform, transformed_baseline } = &trained;
     for (stage, s) in &result.seconds {
         log::info!("{stage}: {s:.1} s");
@@ -122,7 +139,7 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
     let probe = result.probe(probe_kind).expect("the chosen probe is always fitted");
     let input = &extraction.input;
     let description = format!(
-        "CAUSE-{}{}{}: clusterbook {} x {}, head {} -> {}, {:?} probe with {} concepts, seed {}, on {} images from {} at {}x{}",
+        "CAUSE-{}{}{}: clusterbook {} x {}, head {} -> {}, {:?} probe{} with {} concepts, seed {}, on {} images from {} at {}x{}",
         format!("{:?}", result.head.kind()).to_uppercase(),
         match transform {
             Some((t, r)) if t.projection.is_some() => format!(" on tokens whitened to {} dims", r.dims),
@@ -135,6 +152,7 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
         dim,
         result.head.output_dim(),
         probe_kind,
+        if options.self_train.is_some() { " self-trained on mask proposals" } else { "" },
         job.concepts,
         job.seed,
         images_used,
@@ -159,6 +177,8 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
         "head": result.head_report,
         "head_options": options.stages.head,
         "probe": probe_kind,
+        "self_training": self_train_report,
+        "self_training_options": options.self_train,
         "input_transform": transform.as_ref().map(|(_, r)| r),
         "center_output": options.stages.center,
         "modularity_probe": result.probe_report.as_ref().map(|r| json!({"final_loss": r.final_loss, "used_codes": r.used_codes})),

@@ -13,6 +13,8 @@
 //!    against in-batch teacher tokens and the concept bank.
 //! 3. [`probe`]: N concept vectors on the head's features, by spherical
 //!    k-means or by the modularity loss.
+//! 4. [`self_training`] (optional): the probe self-trained on principal
+//!    mask proposals of the training images (PriMaPs-EM), label-free.
 //!
 //! [`run`] runs the stages; [`fit`] is the whole `fit --method cause`
 //! (features, stages, optional measurement, the model directory).
@@ -29,6 +31,7 @@ pub mod modularity;
 pub mod probe;
 pub mod protocol;
 pub mod run;
+pub mod self_training;
 pub mod whiten;
 
 use candle_core::{Tensor, D};

@@ -16,9 +16,11 @@ use serde::Serialize;
 use super::evaluate::{evaluate, LabelledFeatures};
 use super::fit::{train, FitOptions};
 use super::probe::kmeans_probe_of;
+use super::self_training::{self_train_model, SelfTrainOptions};
 use super::whiten::InputTransform;
 use super::{Result, TrainError};
 use crate::head::Head;
+use crate::model::manifest::InputSpec;
 use crate::pipeline::refine::Refine;
 use crate::train::features::{FeatureSet, View};
 use crate::train::Extraction;
@@ -40,6 +42,12 @@ pub enum Method {
 pub struct FoldResult {
     /// The method.
     pub method: Method,
+    /// Whether its probe was self-trained on mask proposals.
+    pub self_trained: bool,
+    /// Whether its features were averaged with the mirrored image's.
+    pub flip: bool,
+    /// The input size it was measured at (WIDTH, HEIGHT).
+    pub eval_size: (u32, u32),
     /// How its scores became labels.
     pub refine: Refine,
     /// The held-out drive.
@@ -79,6 +87,13 @@ pub struct Plan {
     pub hold_out: Vec<String>,
     /// Refinements each fitted model is measured with.
     pub refines: Vec<Refine>,
+    /// Also measure every fitted model with its probe self-trained with
+    /// these settings (seeded per run).
+    pub self_train: Option<SelfTrainOptions>,
+    /// Measure at this input (size) instead of the training input.
+    pub eval_input: Option<InputSpec>,
+    /// Also measure with flip averaging.
+    pub flip: bool,
 }
 
 /// Runs every method on every fold and seed of `plan`. `pairs` are (image,
@@ -93,9 +108,11 @@ pub fn run_protocol(
     options: &FitOptions,
     mut report: impl FnMut(&FoldResult),
 ) -> Result<Vec<FoldResult>> {
-    let Plan { methods, seeds, hold_out, refines } = plan;
+    let Plan { methods, seeds, hold_out, refines, self_train, eval_input, flip } = plan;
     let images: Vec<PathBuf> = pairs.iter().map(|(i, _)| i.clone()).collect();
     let full = extraction.features(&images, View::Full, "features")?;
+    let measuring = Extraction { input: eval_input.clone().unwrap_or_else(|| extraction.input.clone()), ..extraction.clone() };
+    let resized = measuring.input != extraction.input;
     let crops: Vec<FeatureSet> = if options.five_crop && methods.contains(&Method::Cause) {
         View::FULL_AND_FIVE_CROPS[1..]
             .iter()
@@ -127,9 +144,14 @@ pub fn run_protocol(
     for (drive, test) in by_drive.iter().filter(|(d, _)| hold_out.is_empty() || hold_out.contains(d)) {
         let train_indices: Vec<usize> = (0..full.len()).filter(|i| !test.contains(i)).collect();
         let train_set = subset(&full, &train_indices);
+        // Only the held-out images are measured: their features at the
+        // measuring size (and mirrored) are computed here, once per fold.
         let test_set = subset(&full, test);
+        let test_set = if resized { measuring.features(&test_set.paths, View::Full, "eval features")? } else { test_set };
+        let mirrored = if *flip { Some(measuring.features(&test_set.paths, View::Mirrored, "mirrored")?) } else { None };
         let labels: Vec<PathBuf> = test_set.paths.iter().map(label_of).collect();
-        let data = LabelledFeatures::new(test_set, None, &labels, classes, ignore)?;
+        let data = LabelledFeatures::new(test_set, mirrored, &labels, classes, ignore)?;
+        let flips: &[bool] = if *flip { &[false, true] } else { &[false] };
         for &method in methods {
             for &seed in seeds {
                 let started = Instant::now();
@@ -152,24 +174,33 @@ pub fn run_protocol(
                         (Some(trained.result.head), probe)
                     }
                 };
-                let fit_seconds = started.elapsed().as_secs_f64();
-                for &refine in refines {
-                    let measured = evaluate(&data, head.as_ref(), &probe, false, &extraction.input, patch, refine)?;
-                    let result = FoldResult {
-                        method,
-                        refine,
-                        drive: drive.clone(),
-                        seed,
-                        train_images: train_indices.len(),
-                        test_images: test.len(),
-                        miou: measured.miou,
-                        pixel_accuracy: measured.pixel_accuracy,
-                        per_class_iou: measured.per_class_iou.clone(),
-                        dead_concepts: measured.dead_clusters,
-                        fit_seconds,
-                    };
-                    report(&result);
-                    results.push(result);
+                let mut probes = vec![(false, probe, started.elapsed().as_secs_f64())];
+                if let Some(options) = self_train {
+                    let (trained, _) = self_train_model(&train_set, head.as_ref(), &probes[0].1, &SelfTrainOptions { seed, ..*options })?;
+                    probes.push((true, trained, started.elapsed().as_secs_f64()));
+                }
+                for (self_trained, probe, fit_seconds) in &probes {
+                    for (&flip, &refine) in flips.iter().flat_map(|f| refines.iter().map(move |r| (f, r))) {
+                        let measured = evaluate(&data, head.as_ref(), probe, flip, &measuring.input, patch, refine)?;
+                        let result = FoldResult {
+                            method,
+                            self_trained: *self_trained,
+                            flip,
+                            eval_size: (measuring.input.width, measuring.input.height),
+                            refine,
+                            drive: drive.clone(),
+                            seed,
+                            train_images: train_indices.len(),
+                            test_images: test.len(),
+                            miou: measured.miou,
+                            pixel_accuracy: measured.pixel_accuracy,
+                            per_class_iou: measured.per_class_iou.clone(),
+                            dead_concepts: measured.dead_clusters,
+                            fit_seconds: *fit_seconds,
+                        };
+                        report(&result);
+                        results.push(result);
+                    }
                 }
             }
         }
@@ -189,11 +220,11 @@ fn mean_sd(values: &[f64]) -> (f64, f64) {
 /// held-out drive and over the folds, each as mean ± sd over seeds (the
 /// fold mean is averaged per seed first, then over seeds).
 pub fn table(results: &[FoldResult]) -> String {
-    let mut methods: Vec<(Method, Refine)> = Vec::new();
+    let mut methods: Vec<(Method, bool, bool, Refine)> = Vec::new();
     let mut drives: Vec<String> = Vec::new();
     for r in results {
-        if !methods.contains(&(r.method, r.refine)) {
-            methods.push((r.method, r.refine));
+        if !methods.contains(&(r.method, r.self_trained, r.flip, r.refine)) {
+            methods.push((r.method, r.self_trained, r.flip, r.refine));
         }
         if !drives.contains(&r.drive) {
             drives.push(r.drive.clone());
@@ -210,12 +241,18 @@ pub fn table(results: &[FoldResult]) -> String {
     out += " mean of folds |\n|---|";
     out += &"---|".repeat(drives.len() + 1);
     out += "\n";
-    for &(method, refine) in &methods {
+    for &(method, self_trained, flip, refine) in &methods {
         let of = |drive: Option<&str>, seed: Option<u64>| -> Vec<&FoldResult> {
-            results.iter().filter(|r| (r.method, r.refine) == (method, refine) && drive.is_none_or(|d| r.drive == d) && seed.is_none_or(|s| r.seed == s)).collect()
+            results.iter().filter(|r| (r.method, r.self_trained, r.flip, r.refine) == (method, self_trained, flip, refine) && drive.is_none_or(|d| r.drive == d) && seed.is_none_or(|s| r.seed == s)).collect()
         };
         let kebab = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
-        let name = kebab(serde_json::to_value(method).expect("serialisable"));
+        let mut name = kebab(serde_json::to_value(method).expect("serialisable"));
+        if self_trained {
+            name += " + self-train";
+        }
+        if flip {
+            name += " + flip";
+        }
         match refine {
             Refine::None => out += &format!("| {name} |"),
             _ => out += &format!("| {name} + {} |", kebab(serde_json::to_value(refine).expect("serialisable"))),
@@ -244,6 +281,9 @@ mod tests {
     fn result(method: Method, drive: &str, seed: u64, miou: f64) -> FoldResult {
         FoldResult {
             method,
+            self_trained: false,
+            flip: false,
+            eval_size: (448, 336),
             refine: Refine::None,
             drive: drive.into(),
             seed,
@@ -280,10 +320,19 @@ mod tests {
     }
 
     #[test]
-    fn refinements_get_rows_of_their_own() {
+    fn refinements_and_self_training_get_rows_of_their_own() {
         let refined = FoldResult { refine: Refine::Guided, ..result(Method::Cause, "A", 0, 30.0) };
-        let table = table(&[result(Method::Cause, "A", 0, 10.0), refined]);
+        let self_trained = FoldResult { self_trained: true, ..refined.clone() };
+        let table = table(&[result(Method::Cause, "A", 0, 10.0), refined, self_trained]);
         let rows: Vec<&str> = table.lines().skip(2).collect();
-        assert_eq!(rows, ["| cause | 10.0 ± 0.0 / 20.0 ± 0.0 | 10.0 ± 0.0 / 20.0 ± 0.0 |", "| cause + guided | 30.0 ± 0.0 / 60.0 ± 0.0 | 30.0 ± 0.0 / 60.0 ± 0.0 |"], "{table}");
+        assert_eq!(
+            rows,
+            [
+                "| cause | 10.0 ± 0.0 / 20.0 ± 0.0 | 10.0 ± 0.0 / 20.0 ± 0.0 |",
+                "| cause + guided | 30.0 ± 0.0 / 60.0 ± 0.0 | 30.0 ± 0.0 / 60.0 ± 0.0 |",
+                "| cause + self-train + guided | 30.0 ± 0.0 / 60.0 ± 0.0 | 30.0 ± 0.0 / 60.0 ± 0.0 |"
+            ],
+            "{table}"
+        );
     }
 }
