@@ -10,7 +10,8 @@
 //! - [`source`]: image files, cameras, GStreamer; decoding.
 //! - [`pipeline`]: [`Segmenter`] (preprocess, the model's fused graph on an
 //!   [`engine`], upsampling and argmax).
-//! - [`sink`]: image files, per-frame stats.
+//! - [`sink`]: image files, per-frame stats, the live preview, ROS 2 topics
+//!   ([`ros2`]: messages, names, the node; feature `ros2`).
 //! - [`stream`]: capture, inference and output threads ([`Stream`]).
 //!
 //! Below them, the model files: [`model`] (manifest, backbone cache, the
@@ -39,6 +40,7 @@ pub mod model;
 pub mod onnx;
 pub mod pipeline;
 pub mod progress;
+pub mod ros2;
 pub mod sink;
 pub mod source;
 pub mod stream;

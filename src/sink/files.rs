@@ -1,11 +1,12 @@
 //! Writes label maps and their visualisations as PNG files:
 //! `<stem>_labels.png` (mono8 concept ids), `<stem>_mask.png` (colours),
 //! `<stem>_overlay.png` (mask blended over the input), and once per output
-//! directory `legend.png`.
+//! directory `legend.png`. Each file is written under a temporary name and
+//! renamed into place, so a reader (or a full disk) never sees a truncated PNG.
 
 use std::path::{Path, PathBuf};
 
-use image::{GrayImage, RgbImage};
+use image::{GrayImage, ImageFormat, ImageResult, RgbImage};
 
 use crate::pipeline::postprocess::{colorize, legend, overlay};
 
@@ -53,10 +54,7 @@ impl ImageSink {
         let mask = || colorize(labels, &self.colors);
         for kind in &self.kinds {
             match kind {
-                Visualization::Labels => {
-                    let path = self.dir.join(format!("{stem}_labels.png"));
-                    labels.save(&path).map_err(|e| SinkError { path, reason: e.to_string() })?;
-                }
+                Visualization::Labels => save_atomically(&self.dir.join(format!("{stem}_labels.png")), |tmp| labels.save_with_format(tmp, ImageFormat::Png))?,
                 Visualization::Mask => self.save_rgb(&mask(), &format!("{stem}_mask.png"))?,
                 Visualization::Overlay => self.save_rgb(&overlay(image, &mask(), self.alpha), &format!("{stem}_overlay.png"))?,
             }
@@ -65,9 +63,21 @@ impl ImageSink {
     }
 
     fn save_rgb(&self, image: &RgbImage, name: &str) -> Result<(), SinkError> {
-        let path = self.dir.join(name);
-        image.save(&path).map_err(|e| SinkError { path, reason: e.to_string() })
+        save_atomically(&self.dir.join(name), |tmp| image.save_with_format(tmp, ImageFormat::Png))
     }
+}
+
+/// Writes `path` through `encode` into `.<name>.tmp` beside it, then renames
+/// it into place; on failure the temporary file is removed and `path` is
+/// left as it was.
+fn save_atomically(path: &Path, encode: impl FnOnce(&Path) -> ImageResult<()>) -> Result<(), SinkError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let written = encode(&tmp).map_err(|e| e.to_string()).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| e.to_string()));
+    written.map_err(|reason| {
+        let _ = std::fs::remove_file(&tmp);
+        SinkError { path: path.into(), reason }
+    })
 }
 
 #[cfg(test)]
@@ -85,5 +95,18 @@ mod tests {
         assert_eq!(names, ["f_labels.png", "f_overlay.png", "legend.png"]);
         let back = image::open(dir.path().join("f_labels.png")).unwrap().into_luma8();
         assert_eq!(back.as_raw(), &vec![0, 1]);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f_labels.png");
+        let err = save_atomically(&path, |tmp| {
+            std::fs::write(tmp, b"\x89PNG half")?;
+            Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device").into())
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), format!("{}: cannot write: No space left on device", path.display()));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "neither the file nor its temporary copy is left");
     }
 }

@@ -1,8 +1,10 @@
 //! Sinks: where label maps go (image files, per-frame stats, the live
-//! browser preview; ROS 2 topics later). The streaming loop drives any number of [`FrameSink`]s.
+//! browser preview, ROS 2 topics with feature `ros2`). The streaming loop drives any number of [`FrameSink`]s.
 
 pub mod files;
 pub mod preview;
+#[cfg(feature = "ros2")]
+pub mod ros2;
 pub mod saver;
 pub mod stats;
 

@@ -10,6 +10,7 @@
 //! | `rtsp://…`, `http(s)://…` | network stream through `uridecodebin` | `gstreamer` |
 //! | `clip.mp4` (video extensions) | video file through `decodebin` | `gstreamer` |
 //! | `img.jpg`, `dir/`, `dir/*.png` | image file, directory or glob (wildcards in the file name) | always |
+//! | `ros2:///camera/image_raw` | ROS 2 `sensor_msgs/msg/Image` topic (`CompressedImage` for `…/compressed`) | `ros2` |
 //!
 //! Every source implements [`FrameSource`]; [`Capture`] wraps one, numbers
 //! its frames, skips (and counts) corrupt ones, and reopens a live source that
@@ -22,6 +23,8 @@ pub mod decode;
 pub mod files;
 #[cfg(feature = "gstreamer")]
 pub mod gst;
+#[cfg(feature = "ros2")]
+pub mod ros2;
 pub mod uri;
 
 use std::time::{Instant, SystemTime};
@@ -37,7 +40,7 @@ pub use uri::SourceUri;
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The URI matches no known kind of source.
-    #[error("unknown source '{0}': expected auto, /dev/videoN, v4l2:///dev/videoN, csi://N, gst://PIPELINE, rtsp://URL, a video file, or an image file, directory or glob")]
+    #[error("unknown source '{0}': expected auto, /dev/videoN, v4l2:///dev/videoN, csi://N, gst://PIPELINE, rtsp://URL, ros2:///TOPIC, a video file, or an image file, directory or glob")]
     UnknownUri(String),
     /// A file or directory that does not exist.
     #[error("{0}: no such file or directory")]
@@ -94,12 +97,15 @@ pub struct SourceFrame {
     pub name: Option<String>,
     /// Time spent decoding it (JPEG, YUYV conversion), in milliseconds.
     pub decode_ms: f64,
+    /// The coordinate frame the source names (a ROS 2 message's
+    /// `header.frame_id`), `None` for sources without one.
+    pub frame_id: Option<String>,
 }
 
 impl SourceFrame {
     /// A frame captured now.
     pub fn now(image: RgbImage, name: Option<String>, decode_ms: f64) -> Self {
-        SourceFrame { image, timestamp: SystemTime::now(), name, decode_ms }
+        SourceFrame { image, timestamp: SystemTime::now(), name, decode_ms, frame_id: None }
     }
 }
 
@@ -146,6 +152,11 @@ pub struct SourceOptions {
     pub looping: bool,
     /// Camera capture settings (V4L2 and CSI).
     pub camera: CameraOptions,
+    /// The ROS 2 node `ros2://` sources subscribe with (shared with the
+    /// ROS 2 sink); `None` makes one from the environment
+    /// ([`crate::ros2::NodeConfig::from_env`]) whose source never stops by itself.
+    #[cfg(feature = "ros2")]
+    pub ros2: Option<crate::ros2::Node>,
 }
 
 /// Capture settings for cameras; `None` lets the device choose.
@@ -182,6 +193,18 @@ pub fn open(uri: &SourceUri, options: &SourceOptions) -> Result<Box<dyn FrameSou
         SourceUri::Csi(_) | SourceUri::Gst(_) | SourceUri::Url(_) | SourceUri::Video(_) => {
             Box::new(gst::GstSource::open(uri, options)?)
         }
+        #[cfg(feature = "ros2")]
+        SourceUri::Ros2 { topic, compressed } => {
+            let node = match &options.ros2 {
+                Some(node) => node.clone(),
+                None => crate::ros2::NodeConfig::from_env()
+                    .and_then(|config| crate::ros2::Node::new(&config, Default::default()))
+                    .map_err(|e| SourceError::Open { device: uri.to_string(), reason: e.to_string() })?,
+            };
+            Box::new(ros2::Ros2Source::open(node, topic, *compressed)?)
+        }
+        #[cfg(not(feature = "ros2"))]
+        SourceUri::Ros2 { .. } => return Err(SourceError::FeatureMissing { uri: uri.to_string(), feature: "ros2" }),
         #[cfg(not(feature = "camera"))]
         SourceUri::Camera { .. } => return Err(SourceError::FeatureMissing { uri: uri.to_string(), feature: "camera" }),
         #[cfg(not(feature = "gstreamer"))]

@@ -29,6 +29,15 @@ pub enum SourceUri {
     Video(PathBuf),
     /// An image file, a directory of images, or a glob.
     Images(String),
+    /// A ROS 2 image topic (`ros2:///camera/image_raw`: the topic is what
+    /// follows `ros2://`, so `ros2://image` is the relative name `image`).
+    Ros2 {
+        /// The topic name, absolute (`/camera/image_raw`), relative or `~/…`.
+        topic: String,
+        /// `sensor_msgs/msg/CompressedImage` instead of `Image`: a topic
+        /// ending in `/compressed`, or `--ros2-compressed`.
+        compressed: bool,
+    },
 }
 
 impl SourceUri {
@@ -50,6 +59,13 @@ impl SourceUri {
         }
         if let Some(pipeline) = text.strip_prefix("gst://") {
             return if pipeline.trim().is_empty() { Err(unknown()) } else { Ok(SourceUri::Gst(pipeline.into())) };
+        }
+        if let Some(topic) = text.strip_prefix("ros2://") {
+            let topic = topic.trim();
+            if topic.is_empty() || topic == "/" {
+                return Err(unknown());
+            }
+            return Ok(SourceUri::Ros2 { topic: topic.into(), compressed: topic.ends_with("/compressed") });
         }
         if ["rtsp://", "rtsps://", "http://", "https://"].iter().any(|s| text.starts_with(s)) {
             return Ok(SourceUri::Url(text.into()));
@@ -81,6 +97,7 @@ impl fmt::Display for SourceUri {
             SourceUri::Gst(pipeline) => write!(f, "gst://{pipeline}"),
             SourceUri::Url(url) | SourceUri::Images(url) => write!(f, "{url}"),
             SourceUri::Video(path) => write!(f, "{}", path.display()),
+            SourceUri::Ros2 { topic, .. } => write!(f, "ros2://{topic}"),
         }
     }
 }
@@ -112,6 +129,10 @@ mod tests {
         assert_eq!(SourceUri::parse("gst://videotestsrc").unwrap(), SourceUri::Gst("videotestsrc".into()));
         assert_eq!(SourceUri::parse("rtsp://cam/stream").unwrap(), SourceUri::Url("rtsp://cam/stream".into()));
         assert_eq!(SourceUri::parse("frames/*.png").unwrap(), SourceUri::Images("frames/*.png".into()));
+        let raw = SourceUri::parse("ros2:///camera/image_raw").unwrap();
+        assert_eq!(raw, SourceUri::Ros2 { topic: "/camera/image_raw".into(), compressed: false });
+        assert_eq!(raw.to_string(), "ros2:///camera/image_raw");
+        assert_eq!(SourceUri::parse("ros2://image/compressed").unwrap(), SourceUri::Ros2 { topic: "image/compressed".into(), compressed: true });
         let dir = tempfile::tempdir().unwrap();
         let clip = dir.path().join("clip.MP4");
         std::fs::write(&clip, b"").unwrap();
@@ -122,7 +143,7 @@ mod tests {
 
     #[test]
     fn bad_uris_are_errors() {
-        for text in ["ftp://x", "v4l2://cam", "csi://left", "gst://", ""] {
+        for text in ["ftp://x", "v4l2://cam", "csi://left", "gst://", "", "ros2://", "ros2:///"] {
             assert!(matches!(SourceUri::parse(text), Err(SourceError::UnknownUri(_))), "{text}");
         }
         assert_eq!(SourceUri::parse("/no/such/dir").unwrap_err().to_string(), "/no/such/dir: no such file or directory");
