@@ -33,7 +33,7 @@ impl Progress {
         self.done += 1;
         self.bar.inc(1);
         let step = (self.len / 10).max(1);
-        if self.log_lines && (self.done % step == 0 || self.done == self.len) {
+        if self.log_lines && (self.done.is_multiple_of(step) || self.done == self.len) {
             let eta = self.bar.eta().as_secs();
             log::info!("{}: {}/{} (ETA {eta} s)", self.what, self.done, self.len);
         }

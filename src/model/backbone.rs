@@ -231,7 +231,7 @@ pub fn describe(path: &Path) -> Result<BackboneRef, BackboneError> {
     let not_vit = || BackboneError::NotABackbone { path: path.into(), shape: format!("{shape:?}") };
     let [1, tokens, dim] = shape.as_slice() else { return Err(not_vit()) };
     let side = (*tokens as f64).sqrt().round() as u32;
-    if side == 0 || side * side != *tokens as u32 || PROBE % side != 0 {
+    if side == 0 || side * side != *tokens as u32 || !PROBE.is_multiple_of(side) {
         return Err(not_vit());
     }
     Ok(BackboneRef {

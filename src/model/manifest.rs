@@ -202,7 +202,7 @@ impl Manifest {
 
     fn validate(&self) -> Result<(), String> {
         let p = self.backbone.patch_size;
-        if p == 0 || self.input.width % p != 0 || self.input.height % p != 0 || self.input.width == 0 || self.input.height == 0 {
+        if p == 0 || !self.input.width.is_multiple_of(p) || !self.input.height.is_multiple_of(p) || self.input.width == 0 || self.input.height == 0 {
             return Err(format!(
                 "input size {}x{} is not a positive multiple of the patch size {p}",
                 self.input.width, self.input.height

@@ -100,7 +100,7 @@ impl Model {
     /// manifest's size (both multiples of the patch size).
     pub fn set_input_size(&mut self, width: u32, height: u32) -> Result<(), ModelError> {
         let patch = self.manifest.backbone.patch_size;
-        if width == 0 || height == 0 || width % patch != 0 || height % patch != 0 {
+        if width == 0 || height == 0 || !width.is_multiple_of(patch) || !height.is_multiple_of(patch) {
             return Err(ModelError::InputSize { width, height, patch });
         }
         (self.manifest.input.width, self.manifest.input.height) = (width, height);

@@ -30,7 +30,7 @@ pub fn frame_stem(index: u64) -> String {
 
 impl FrameSink for FrameImages {
     fn write(&mut self, processed: &ProcessedFrame) -> Result<(), SinkError> {
-        let due = self.seen % self.every == 0;
+        let due = self.seen.is_multiple_of(self.every);
         self.seen += 1;
         if due {
             self.sink.write(&frame_stem(processed.frame.index), &processed.frame.data.image, &processed.labels)?;
