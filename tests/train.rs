@@ -133,7 +133,7 @@ mod trained {
         let json = dir.path().join("folds.jsonl");
         let mut args = vec![
             "protocol", "--images", images.to_str().unwrap(), "--labels", labels.to_str().unwrap(), "--classes", "11", "--ignore", "11",
-            "--seeds", "0,1", "--methods", "kmeans,kmeans-whitened,cause", "--head", "tr", "--json", json.to_str().unwrap(),
+            "--seeds", "0,1", "--methods", "kmeans,kmeans-whitened,cause", "--head", "tr", "--no-self-train", "--json", json.to_str().unwrap(),
         ];
         args.extend_from_slice(TINY);
         let output = causeseg(&args);
@@ -153,11 +153,11 @@ mod trained {
             assert!(table.contains(needle), "{needle} missing from:\n{table}");
         }
 
-        // One fold only, with and without self-training.
+        // One fold only, with and without self-training (the default).
         let base = ["protocol", "--images", images.to_str().unwrap(), "--labels", labels.to_str().unwrap(), "--classes", "11", "--ignore", "11", "--size", "224x168", "--methods", "kmeans", "--seeds", "0"];
         // Measured at another size than trained, and with flip averaging.
         let json = dir.path().join("one-fold.jsonl");
-        let extra = ["--hold-out", "0006R0", "--refine", "none", "--self-train", "--self-train-epochs", "2", "--flip", "--eval-size", "252x182", "--json", json.to_str().unwrap()];
+        let extra = ["--hold-out", "0006R0", "--refine", "none", "--self-train-epochs", "2", "--flip", "--eval-size", "252x182", "--json", json.to_str().unwrap()];
         let output = causeseg(&[&base[..], &extra].concat());
         assert!(output.status.success(), "{}", stderr(&output));
         let table = String::from_utf8_lossy(&output.stdout);
@@ -269,7 +269,7 @@ mod trained {
         }
         assert!(!dir.path().join("labels").exists());
         let model = dir.path().join("model");
-        let output = fit(&images, &model, &["--head", "mlp", "--self-train", "--self-train-epochs", "3"]);
+        let output = fit(&images, &model, &["--head", "mlp", "--self-train-epochs", "3"]);
         assert!(output.status.success(), "{}", stderr(&output));
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(model.join("training.json")).unwrap()).unwrap();
         let covered = report["self_training"]["covered"].as_f64().unwrap();
@@ -279,6 +279,12 @@ mod trained {
         let manifest = std::fs::read_to_string(model.join("model.toml")).unwrap();
         assert!(manifest.contains("self-trained on mask proposals"), "{manifest}");
         assert!(causeseg::model::Model::load(&model).is_ok());
+
+        // Self-training is the default; --no-self-train skips the stage.
+        let plain = dir.path().join("plain");
+        assert!(fit(&images, &plain, &["--head", "mlp", "--no-self-train"]).status.success());
+        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(plain.join("training.json")).unwrap()).unwrap();
+        assert!(report["self_training"].is_null(), "{report}");
     }
 
     /// CAUSE-TR on whitened tokens with five-crop training, on the sample

@@ -178,12 +178,14 @@ pub mod cause {
         /// Modularity-probe learning rate.
         #[arg(long, default_value_t = 1e-3)]
         pub probe_lr: f64,
-        /// Self-train the probe on principal mask proposals of the training
-        /// images (PriMaPs-EM; label-free): each mask takes the concept
-        /// its tokens vote for, and the probe learns to give it to all of
-        /// them. `protocol` then measures every method with and without.
+        /// Skip the last stage, which self-trains the probe on principal
+        /// mask proposals of the training images (PriMaPs-EM; label-free:
+        /// each mask takes the concept its tokens vote for, and the probe
+        /// learns to give it to all of them; on by default, as in the
+        /// default model). `protocol` measures every method with and
+        /// without it unless this is given.
         #[arg(long)]
-        pub self_train: bool,
+        pub no_self_train: bool,
         /// Self-training passes over the images.
         #[arg(long, default_value_t = 10)]
         pub self_train_epochs: usize,
@@ -325,7 +327,7 @@ pub mod cause {
                 whiten: args.whiten,
                 center_input: args.center_input,
                 clusterbook_only: args.clusterbook_only,
-                self_train: args.self_train.then(|| SelfTrainOptions { epochs: args.self_train_epochs, similarity: args.mask_similarity, seed, ..Default::default() }),
+                self_train: (!args.no_self_train).then(|| SelfTrainOptions { epochs: args.self_train_epochs, similarity: args.mask_similarity, seed, ..Default::default() }),
                 validation,
             }
         }
