@@ -54,6 +54,28 @@ pub fn parse_color(text: &str) -> Result<[u8; 3], String> {
     Ok([byte(0)?, byte(2)?, byte(4)?])
 }
 
+/// A display colour as `#rrggbb` (what [`parse_color`] reads).
+pub fn color_hex([r, g, b]: [u8; 3]) -> String {
+    format!("#{r:02x}{g:02x}{b:02x}")
+}
+
+/// One concept as the live preview's `/concepts` and the ROS 2 node's
+/// `~/concepts` list it: `{"id": 0, "name": "sky", "color": "#4682b4"}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConceptEntry {
+    /// The concept id (its value in label maps).
+    pub id: usize,
+    /// Its display name.
+    pub name: String,
+    /// Its display colour, `#rrggbb`.
+    pub color: String,
+}
+
+/// The concept table of `names` and `colors` (by id) as entries.
+pub fn concept_entries(names: &[String], colors: &[[u8; 3]]) -> Vec<ConceptEntry> {
+    names.iter().zip(colors).enumerate().map(|(id, (name, &color))| ConceptEntry { id, name: name.clone(), color: color_hex(color) }).collect()
+}
+
 /// The parsed `model.toml` of a model directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

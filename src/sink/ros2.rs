@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use super::stats::FrameStats;
 use super::{FrameSink, ProcessedFrame, SinkError};
+use crate::model::manifest::concept_entries;
 use crate::pipeline::postprocess::{colorize, overlay};
 use crate::ros2::msg::{DiagnosticArray, DiagnosticStatus, Header, Image, KeyValue, LabelInfo, StringMessage, Time, VisionClass};
 use crate::ros2::{Node, Ros2Error};
@@ -84,14 +85,6 @@ impl<M: Serialize> Topic<M> {
             }
         }
     }
-}
-
-/// One concept as `~/concepts` lists it (as the preview's `/concepts`).
-#[derive(Serialize)]
-struct Concept<'a> {
-    id: usize,
-    name: &'a str,
-    color: String,
 }
 
 impl Ros2Sink {
@@ -193,9 +186,7 @@ pub fn label_table(header: Header, names: &[String]) -> LabelInfo {
 
 /// The concept table with colours, as JSON: `[{"id": 0, "name": "sky", "color": "#4682b4"}, …]`.
 fn concept_json(names: &[String], colors: &[[u8; 3]]) -> StringMessage {
-    let hex = |[r, g, b]: [u8; 3]| format!("#{r:02x}{g:02x}{b:02x}");
-    let list: Vec<Concept> = names.iter().zip(colors).enumerate().map(|(id, (name, &color))| Concept { id, name, color: hex(color) }).collect();
-    StringMessage { data: serde_json::to_string(&list).expect("strings and numbers serialise") }
+    StringMessage { data: serde_json::to_string(&concept_entries(names, colors)).expect("strings and numbers serialise") }
 }
 
 /// One frame's timing as a diagnostics message (level OK, values in ms).

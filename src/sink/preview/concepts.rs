@@ -9,20 +9,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::http::Response;
-use crate::model::manifest::{parse_color, RenameError};
+use crate::model::manifest::{concept_entries, parse_color, ConceptEntry, RenameError};
 use crate::model::Model;
-
-/// One concept as `/concepts` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub(super) struct Concept {
-    id: usize,
-    name: String,
-    /// `#rrggbb`.
-    color: String,
-}
 
 /// The body of a rename request.
 #[derive(Debug, Deserialize)]
@@ -52,11 +43,9 @@ impl Concepts {
     }
 
     /// The current concepts.
-    pub(super) fn list(&self) -> Vec<Concept> {
+    pub(super) fn list(&self) -> Vec<ConceptEntry> {
         let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-        let (names, colors) = &*table;
-        let hex = |[r, g, b]: [u8; 3]| format!("#{r:02x}{g:02x}{b:02x}");
-        names.iter().zip(colors).enumerate().map(|(id, (name, &color))| Concept { id, name: name.clone(), color: hex(color) }).collect()
+        concept_entries(&table.0, &table.1)
     }
 
     /// Handles a rename request body: 200 with the new list; 400 (bad
@@ -125,7 +114,7 @@ mod tests {
         assert_eq!((saved.names[3].as_str(), saved.colors[3]), ("road", [0x80, 0x40, 0x80]));
         // Without a colour, the colour stays.
         assert_eq!(concepts.rename(br#"{"id": 3, "name": "street"}"#).status, 200);
-        assert_eq!(concepts.list()[3], Concept { id: 3, name: "street".into(), color: "#804080".into() });
+        assert_eq!(concepts.list()[3], ConceptEntry { id: 3, name: "street".into(), color: "#804080".into() });
     }
 
     #[test]
