@@ -13,6 +13,11 @@ pub fn l2_normalize_rows(mut rows: Array2<f32>) -> Array2<f32> {
     rows
 }
 
+/// Index of the largest value (the first on ties; 0 when empty).
+pub fn argmax<'a>(values: impl IntoIterator<Item = &'a f32>) -> usize {
+    values.into_iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0
+}
+
 /// Per-token rows `[rows * cols, C]` (any memory layout, e.g. a matrix
 /// product's) as a standard-layout grid `[rows, cols, C]`.
 pub fn rows_to_grid(tokens: Array2<f32>, rows: usize, cols: usize) -> Array3<f32> {
@@ -23,6 +28,11 @@ pub fn rows_to_grid(tokens: Array2<f32>, rows: usize, cols: usize) -> Array3<f32
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argmax_takes_the_first_of_the_largest() {
+        assert_eq!(argmax(&[0.5, 2.0, -1.0, 2.0]), 1);
+    }
 
     #[test]
     fn rows_are_normalised() {

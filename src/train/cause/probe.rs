@@ -70,7 +70,7 @@ pub fn merged_kmeans_probe(features: &FeatureSet, k: usize, seed: u64) -> Result
     let mut sums = Array2::<f64>::zeros((fine.nrows(), dim));
     let mut counts = vec![0f64; fine.nrows()];
     for (token, scores) in tokens.rows().into_iter().zip(tokens.dot(&fine.t()).rows()) {
-        let best = scores.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0;
+        let best = crate::linalg::argmax(scores);
         counts[best] += 1.0;
         sums.row_mut(best).zip_mut_with(&token, |s, &t| *s += t as f64);
     }

@@ -27,7 +27,7 @@ use super::adam::{Adam, AdamConfig};
 use super::{check_finite, normalize_rows, Result, TrainError};
 use super::probe::head_features;
 use crate::head::Head;
-use crate::linalg::l2_normalize_rows;
+use crate::linalg::{argmax, l2_normalize_rows};
 use crate::progress::Progress;
 use crate::train::features::FeatureSet;
 
@@ -84,7 +84,7 @@ pub fn principal_masks(tokens: ArrayView2<f32>, similarity: f32, leftover: f32) 
         let x = tokens.select(Axis(0), &remaining);
         let direction = principal_direction(x.view());
         let alignment = x.dot(&direction);
-        let anchor = alignment.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0;
+        let anchor = argmax(&alignment);
         let closeness = x.dot(&x.row(anchor));
         let joins = |k: usize| closeness[k] >= similarity || k == anchor;
         masks.push((0..remaining.len()).filter(|&k| joins(k)).map(|k| remaining[k]).collect());
@@ -119,15 +119,14 @@ fn vote(tokens: ArrayView2<f32>, masks: &[Vec<usize>], probe: &Array2<f32>) -> V
         .iter()
         .map(|mask| {
             let sum = tokens.select(Axis(0), mask).sum_axis(Axis(0));
-            let scores = probe.dot(&sum);
-            scores.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (k, &s)| if s > b.1 { (k, s) } else { b }).0 as u32
+            argmax(&probe.dot(&sum)) as u32
         })
         .collect()
 }
 
 /// Each token's best concept under `probe` (unit rows).
 fn assign(tokens: ArrayView2<f32>, probe: &Array2<f32>) -> Vec<usize> {
-    tokens.dot(&probe.t()).rows().into_iter().map(|s| s.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (k, &v)| if v > b.1 { (k, v) } else { b }).0).collect()
+    tokens.dot(&probe.t()).rows().into_iter().map(argmax).collect()
 }
 
 /// Mean focal loss of cosine scores `tokens · unit(weights)ᵀ / temperature`
