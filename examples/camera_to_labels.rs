@@ -12,7 +12,7 @@ use std::sync::{atomic::AtomicBool, Arc};
 use causeseg::model::{backbone, bundled};
 use causeseg::pipeline::postprocess::concept_fractions;
 use causeseg::source::{self, Capture, SourceOptions, SourceUri};
-use causeseg::{Backend, Model, Segmenter};
+use causeseg::{EngineChoice, EngineConfig, Model, Segmenter};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = std::env::args().nth(1).unwrap_or_else(|| "/dev/video0".into());
@@ -20,7 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cache = backbone::cache_dir(None);
     let model = Model::load(&bundled::default_model_dir(&cache)?)?;
     let names = model.manifest.concepts.names.clone();
-    let mut segmenter = Segmenter::new(model, Backend::Tract, &cache)?;
+    let mut segmenter = Segmenter::new(model, &EngineConfig::new(EngineChoice::Auto, &cache), &cache)?;
     // Set the flag (e.g. from a ctrlc handler) to end the loop.
     let mut capture = Capture::new(camera, Arc::new(AtomicBool::new(false)));
     while let Some(frame) = capture.next_frame()? {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use causeseg::model::{backbone, bundled};
 use causeseg::pipeline::postprocess::{colorize, overlay};
 use causeseg::source::{Capture, ImageFiles};
-use causeseg::{Backend, Model, Segmenter};
+use causeseg::{EngineChoice, EngineConfig, Model, Segmenter};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -23,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cache = backbone::cache_dir(None);
     let model = Model::load(&bundled::default_model_dir(&cache)?)?;
     let colors = model.manifest.concepts.colors.clone();
-    let mut segmenter = Segmenter::new(model, Backend::Tract, &cache)?;
+    let mut segmenter = Segmenter::new(model, &EngineConfig::new(EngineChoice::Auto, &cache), &cache)?;
     std::fs::create_dir_all(&output)?;
     let mut images = Capture::new(Box::new(ImageFiles::open(&input, false)?), Arc::default());
     while let Some(frame) = images.next_frame()? {

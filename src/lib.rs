@@ -21,11 +21,11 @@
 //! (`fit`: k-means and CAUSE) and [`eval`] (Hungarian-matched metrics).
 //!
 //! ```no_run
-//! use causeseg::{Backend, Model, Segmenter};
+//! use causeseg::{EngineChoice, EngineConfig, Model, Segmenter};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let cache = causeseg::model::backbone::cache_dir(None);
 //! let model = Model::load(&causeseg::model::bundled::default_model_dir(&cache)?)?;
-//! let mut segmenter = Segmenter::new(model, Backend::Tract, &cache)?;
+//! let mut segmenter = Segmenter::new(model, &EngineConfig::new(EngineChoice::Auto, &cache), &cache)?;
 //! let labels = segmenter.segment(&image::RgbImage::new(640, 480), "frame", None)?.labels;
 //! # Ok(()) }
 //! ```
@@ -47,7 +47,7 @@ pub mod stream;
 pub mod timing;
 pub mod train;
 
-pub use engine::Backend;
+pub use engine::{EngineChoice, EngineConfig};
 pub use model::Model;
 pub use pipeline::{Segmentation, Segmenter};
 pub use sink::{FrameImages, FrameSink, ImageSink, StatsSink};

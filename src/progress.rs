@@ -49,3 +49,17 @@ impl Progress {
         self.bar.finish_and_clear();
     }
 }
+
+/// A spinner with elapsed time for one long step of unknown length (e.g.
+/// TensorRT building its engine); on a pipe the message is logged once.
+pub fn spinner(message: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        log::info!("{message}");
+        return ProgressBar::hidden();
+    }
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("valid template"));
+    spinner.set_message(message.to_string());
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    spinner
+}

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use causeseg::model::{backbone, fused, Model};
 use causeseg::pipeline::PatchInference;
 use causeseg::source::{decode_file, list_images};
-use causeseg::Backend;
+use causeseg::{EngineChoice, EngineConfig};
 use ndarray::{Array2, Array3};
 
 /// Val images used (a fixed, spread-out subset keeps the test short).
@@ -66,9 +66,9 @@ fn agreement(model_dir: &Path, head: &HeadFn<'_>, size: Option<(u32, u32)>) -> O
     let model = load_at(model_dir, size);
     let input = &model.manifest.input;
     let reference = &model.manifest.backbone;
-    let mut plain = PatchInference::backbone(reference, input, Backend::Tract, &cache).unwrap();
+    let mut plain = PatchInference::backbone(reference, input, &EngineConfig::new(EngineChoice::Tract, &cache), &cache).unwrap();
     let graph = fused::fused_graph(&model, &backbone::resolve(reference, &cache).unwrap(), &cache).unwrap();
-    let mut fused = PatchInference::load(graph, model.num_concepts(), reference.patch_size, input, Backend::Tract).unwrap();
+    let mut fused = PatchInference::load(graph, model.num_concepts(), reference.patch_size, input, &EngineConfig::new(EngineChoice::Tract, &cache)).unwrap();
     let (mut same, mut total) = (0usize, 0usize);
     for path in &images {
         let image = decode_file(path).unwrap();
@@ -176,20 +176,24 @@ fn onnxruntime_agrees_with_tract(size: Option<(u32, u32)>) {
     }
     let cache = common::cache_dir();
     let model = load_at(&default_cause_model(), size);
-    let reference = &model.manifest.backbone;
-    let graph = fused::fused_graph(&model, &backbone::resolve(reference, &cache).unwrap(), &cache).unwrap();
-    let load = |backend| PatchInference::load(graph.clone(), model.num_concepts(), reference.patch_size, &model.manifest.input, backend).unwrap();
-    let (mut tract, mut ort) = (load(Backend::Tract), load(Backend::Ort));
-    let (mut same, mut total, mut max_abs) = (0usize, 0usize, 0f32);
+    let load = |choice| causeseg::Segmenter::new(model.clone(), &EngineConfig::new(choice, &cache), &cache).unwrap();
+    let (mut tract, mut ort) = (load(EngineChoice::Tract), load(EngineChoice::OrtCpu));
+    let (mut same, mut total, mut max_abs, mut min_cosine) = (0usize, 0usize, 0f32, f32::INFINITY);
     for path in images.iter().take(4) {
         let image = decode_file(path).unwrap();
-        let (a, ..) = tract.run(&image, "val").unwrap();
-        let (b, ..) = ort.run(&image, "val").unwrap();
+        let (a, ..) = tract.inference_mut().run(&image, "val").unwrap();
+        let (b, ..) = ort.inference_mut().run(&image, "val").unwrap();
         max_abs = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(max_abs, f32::max);
-        let (a, b) = (argmax_rows(&flat(a)), argmax_rows(&flat(b)));
-        same += a.iter().zip(&b).filter(|(x, y)| x == y).count();
+        for (x, y) in flat(a).rows().into_iter().zip(flat(b).rows()) {
+            min_cosine = min_cosine.min(x.dot(&y) / (x.dot(&x).sqrt() * y.dot(&y).sqrt()));
+        }
+        // Pixel labels after upsampling and the guided refinement.
+        let a = tract.segment(&image, "val", None).unwrap().labels;
+        let b = ort.segment(&image, "val", None).unwrap().labels;
+        same += a.pixels().zip(b.pixels()).filter(|(x, y)| x == y).count();
         total += a.len();
     }
-    eprintln!("onnxruntime vs tract on the fused graph at {size:?}: {same} of {total} patch labels agree, max abs score diff {max_abs:.2e}");
+    eprintln!("onnxruntime vs tract on the fused graph at {size:?}: {same} of {total} pixel labels agree, max abs score diff {max_abs:.2e}, min score cosine {min_cosine:.6}");
     assert!(same as f64 >= 0.999 * total as f64, "{same} of {total}");
+    assert!(min_cosine >= 0.9999, "min score cosine {min_cosine}");
 }

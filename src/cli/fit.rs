@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use causeseg::engine::Backend;
 use causeseg::model::backbone::{self, DINOV2_VITS14};
 use causeseg::model::manifest::{InputSpec, ResizePolicy, IMAGENET_MEAN, IMAGENET_STD};
 use causeseg::train::{collect_images, kmeans, Extraction, FitJob};
@@ -43,9 +42,8 @@ pub struct FitArgs {
     /// Backbone file in the cache (the default one, or one added by `models import`).
     #[arg(long, default_value = DINOV2_VITS14.file)]
     backbone: String,
-    /// Inference backend for feature extraction.
-    #[arg(long, value_enum, default_value_t = Backend::Tract)]
-    backend: Backend,
+    #[command(flatten)]
+    engine: super::engine::EngineArgs,
     #[command(flatten)]
     cause: cause::CauseArgs,
     #[command(flatten)]
@@ -61,7 +59,7 @@ pub fn run(args: FitArgs, cache: &Path) -> anyhow::Result<()> {
     let input = InputSpec { width, height, mean: IMAGENET_MEAN, std: IMAGENET_STD, resize: args.resize };
     let images = collect_images(&args.images)?;
     log::info!("fitting {} concepts on {} images at {width}x{height}", args.clusters, images.len());
-    let extraction = Extraction { backbone, input, backend: args.backend, cache: cache.to_path_buf() };
+    let extraction = Extraction { backbone, input, engine: args.engine.config(cache)?, cache: cache.to_path_buf() };
     let job = FitJob { image_dirs: args.images, images, concepts: args.clusters, seed: args.seed, out: args.out };
     match args.method {
         Method::Kmeans => {

@@ -1,6 +1,7 @@
 //! Argument definitions and dispatch; each subcommand lives in its own file.
 
 mod bench;
+mod engine;
 mod eval;
 mod fit;
 mod models;
@@ -13,7 +14,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use causeseg::engine::Backend;
 use causeseg::model::{backbone, bundled, Model};
 use causeseg::pipeline::refine::Refine;
 use causeseg::Segmenter;
@@ -49,6 +49,10 @@ enum Command {
     Protocol(protocol::ProtocolArgs),
     /// Measure per-stage latency and peak memory.
     Bench(bench::BenchArgs),
+    /// Inference engines: build the TensorRT engine ahead of time, or show
+    /// what this machine has (ONNX Runtime, GPUs, TensorRT, caches).
+    #[command(subcommand)]
+    Engine(engine::EngineCommand),
     /// Stream frames from a camera, GStreamer pipeline or image files
     /// through the model, in real time.
     Run(run::RunArgs),
@@ -60,9 +64,8 @@ struct ModelArgs {
     /// Model directory [default: the bundled camvid-cause model, unpacked into the cache].
     #[arg(long, env = "CAUSESEG_MODEL")]
     model: Option<PathBuf>,
-    /// Inference backend.
-    #[arg(long, value_enum, default_value_t = Backend::Tract)]
-    backend: Backend,
+    #[command(flatten)]
+    engine: engine::EngineArgs,
     /// How concept scores become labels: `guided` snaps boundaries to the
     /// image's edges (a guided filter at output resolution), `none` is
     /// plain bilinear upsampling.
@@ -84,19 +87,26 @@ fn model_dir(model: Option<&Path>, cache: &Path) -> anyhow::Result<PathBuf> {
 
 impl ModelArgs {
     fn load(&self, cache_dir: &Path) -> anyhow::Result<Segmenter> {
-        causeseg::engine::check_built(self.backend)?;
-        let dir = model_dir(self.model.as_deref(), cache_dir)?;
-        let mut model = Model::load(&dir)?;
-        if let Some((width, height)) = self.size {
-            model.set_input_size(width, height)?;
-        }
-        let input = &model.manifest.input;
-        log::info!("model {} ({} concepts, input {}x{}) from {}", model.manifest.name, model.num_concepts(), input.width, input.height, dir.display());
-        let mut segmenter = Segmenter::new(model, self.backend, cache_dir)
+        let config = self.engine.config(cache_dir)?;
+        let model = load_model(self.model.as_deref(), self.size, cache_dir)?;
+        let dir = model.dir.clone();
+        let mut segmenter = Segmenter::new(model, &config, cache_dir)
             .with_context(|| format!("loading the model {}", dir.display()))?;
         segmenter.set_refine(self.refine);
         Ok(segmenter)
     }
+}
+
+/// The model at `model` (default: the bundled one), at input `size` if given.
+fn load_model(model: Option<&Path>, size: Option<(u32, u32)>, cache_dir: &Path) -> anyhow::Result<Model> {
+    let dir = model_dir(model, cache_dir)?;
+    let mut model = Model::load(&dir)?;
+    if let Some((width, height)) = size {
+        model.set_input_size(width, height)?;
+    }
+    let input = &model.manifest.input;
+    log::info!("model {} ({} concepts, input {}x{}) from {}", model.manifest.name, model.num_concepts(), input.width, input.height, dir.display());
+    Ok(model)
 }
 
 /// Parses "WxH" (e.g. "448x336").
@@ -120,6 +130,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args, &cache),
         Command::Protocol(args) => protocol::run(args, &cache),
         Command::Bench(args) => bench::run(args, &cache),
+        Command::Engine(command) => engine::run(command, &cache),
         Command::Run(args) => run::run(args, &cache),
     }
 }

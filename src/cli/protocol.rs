@@ -1,11 +1,14 @@
 //! `causeseg protocol`: the leave-one-drive-out quality protocol (fit on
 //! every drive but one, measure on that one), for several methods and seeds.
 
+#[cfg(feature = "train")]
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use causeseg::engine::Backend;
-use causeseg::model::backbone::{self, DINOV2_VITS14};
+#[cfg(feature = "train")]
+use causeseg::model::backbone;
+use causeseg::model::backbone::DINOV2_VITS14;
+#[cfg(feature = "train")]
 use causeseg::model::manifest::{InputSpec, ResizePolicy, IMAGENET_MEAN, IMAGENET_STD};
 
 /// Options of `causeseg protocol`.
@@ -49,9 +52,8 @@ pub struct ProtocolArgs {
     /// Backbone file in the cache.
     #[arg(long, default_value = DINOV2_VITS14.file)]
     backbone: String,
-    /// Engine for feature extraction.
-    #[arg(long, value_enum, default_value_t = Backend::Tract)]
-    backend: Backend,
+    #[command(flatten)]
+    engine: super::engine::EngineArgs,
     /// Refinements every fitted model is measured with, comma-separated
     /// (each gets its own row).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "none,guided")]
@@ -95,7 +97,7 @@ pub fn run(args: ProtocolArgs, cache: &Path) -> anyhow::Result<()> {
     let backbone = backbone::reference(&args.backbone, cache)?;
     let (width, height) = args.size;
     let input = InputSpec { width, height, mean: IMAGENET_MEAN, std: IMAGENET_STD, resize: ResizePolicy::Stretch };
-    let extraction = Extraction { backbone, input, backend: args.backend, cache: cache.to_path_buf() };
+    let extraction = Extraction { backbone, input, engine: args.engine.config(cache)?, cache: cache.to_path_buf() };
     let methods: Vec<Method> = args
         .methods
         .iter()

@@ -2,14 +2,17 @@
 //! model's fused graph, or a bare backbone for training) on a preprocessed
 //! image tensor and return the output as a patch grid.
 //!
-//! Every backend implements [`Engine`]; tract (pure Rust, any CPU) is always
+//! Every engine implements [`Engine`]; tract (pure Rust, any CPU) is always
 //! built, ONNX Runtime (CPU/CUDA/TensorRT) with the `ort` feature.
+//! [`load`] picks one from an [`EngineConfig`]; `auto` takes the best
+//! that loads here.
 
+pub mod gpu;
 #[cfg(feature = "ort")]
 pub mod onnxruntime;
 pub mod tract;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ndarray::{Array3, Array4};
 
@@ -39,9 +42,17 @@ pub enum EngineError {
     /// Inference itself failed.
     #[error("inference failed: {0}")]
     Run(String),
-    /// The backend was left out of this build.
-    #[error("backend {0} needs causeseg built with `--features ort` (e.g. cargo build --release --features ort), or use --backend tract")]
+    /// The engine was left out of this build.
+    #[error("--engine {0} needs causeseg built with `--features ort` (e.g. cargo build --release --features ort), or use --engine tract")]
     NotBuilt(String),
+    /// The engine is built in but cannot run here (no library, no provider, no GPU).
+    #[error("--engine {engine}: {reason}")]
+    Unavailable {
+        /// The engine asked for.
+        engine: String,
+        /// What is missing, and what to install or set.
+        reason: String,
+    },
 }
 
 /// What a backend is asked to build: the graph file and its fixed input.
@@ -91,40 +102,145 @@ pub trait Engine: Send {
     fn run(&mut self, input: Array4<f32>) -> Result<Array3<f32>, EngineError>;
 }
 
-/// The backends a user can pick.
+/// The engines a user can pick (`--engine`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
-pub enum Backend {
-    /// tract: pure Rust, any CPU, no system libraries.
+pub enum EngineChoice {
+    /// The best one that loads: TensorRT, then CUDA, then tract; each
+    /// fallback is logged with its reason.
     #[default]
-    Tract,
-    /// ONNX Runtime on CPU (feature `ort`).
-    Ort,
+    Auto,
+    /// ONNX Runtime with the TensorRT execution provider (feature `ort`).
+    Tensorrt,
     /// ONNX Runtime with the CUDA execution provider (feature `ort`).
     Cuda,
-    /// ONNX Runtime with the TensorRT execution provider, FP16 (feature `ort`).
-    Tensorrt,
+    /// ONNX Runtime on the CPU (feature `ort`).
+    #[cfg_attr(feature = "cli", value(alias = "ort"))]
+    OrtCpu,
+    /// tract: pure Rust, any CPU, no system libraries.
+    Tract,
 }
 
-/// Fails, before any model is loaded, when `backend` is not in this build.
-pub fn check_built(backend: Backend) -> Result<(), EngineError> {
-    match backend {
-        Backend::Tract => Ok(()),
-        _ if cfg!(feature = "ort") => Ok(()),
-        other => Err(EngineError::NotBuilt(format!("{other:?}").to_lowercase())),
+impl EngineChoice {
+    /// The name as written on the command line (e.g. "ort-cpu").
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineChoice::Auto => "auto",
+            EngineChoice::Tensorrt => "tensorrt",
+            EngineChoice::Cuda => "cuda",
+            EngineChoice::OrtCpu => "ort-cpu",
+            EngineChoice::Tract => "tract",
+        }
+    }
+
+    /// Whether this engine runs in ONNX Runtime.
+    pub fn is_onnxruntime(self) -> bool {
+        matches!(self, EngineChoice::Tensorrt | EngineChoice::Cuda | EngineChoice::OrtCpu)
     }
 }
 
-/// Loads `spec` with `backend`.
-pub fn load(backend: Backend, spec: &EngineSpec) -> Result<Box<dyn Engine>, EngineError> {
-    check_built(backend)?;
-    match backend {
-        Backend::Tract => Ok(Box::new(tract::TractEngine::load(spec)?)),
-        #[cfg(feature = "ort")]
-        other => Ok(Box::new(onnxruntime::OrtEngine::load(spec, other)?)),
-        #[cfg(not(feature = "ort"))]
-        other => Err(EngineError::NotBuilt(format!("{other:?}").to_lowercase())),
+/// Numeric precision TensorRT builds its engine in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum Precision {
+    /// 32-bit floats throughout.
+    Fp32,
+    /// Half precision where TensorRT finds it faster (LayerNorm kept in fp32).
+    #[default]
+    Fp16,
+}
+
+impl Precision {
+    /// The name as written on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+        }
     }
+}
+
+/// TensorRT's build settings and where its engines are cached.
+#[derive(Debug, Clone)]
+pub struct TensorrtOptions {
+    /// Engine precision.
+    pub precision: Precision,
+    /// Engine and timing caches, one subdirectory per graph, GPU, TensorRT
+    /// version and precision (`<cache>/trt` by default).
+    pub cache_dir: PathBuf,
+    /// Builder workspace limit in MiB (TensorRT's default: the GPU's memory).
+    pub workspace_mib: Option<usize>,
+    /// Run on this DLA core (Jetson Orin/Xavier), GPU fallback for layers it lacks.
+    pub dla_core: Option<u32>,
+}
+
+/// Which engine to load and how: the `--engine` choice, where ONNX Runtime
+/// is, and TensorRT's settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The engine, or `auto`.
+    pub choice: EngineChoice,
+    /// libonnxruntime to load (`--ort-lib`); else `ORT_DYLIB_PATH`, else a
+    /// pip-installed `onnxruntime-gpu`/`onnxruntime` of `python3`.
+    pub ort_library: Option<PathBuf>,
+    /// TensorRT settings.
+    pub tensorrt: TensorrtOptions,
+}
+
+impl EngineConfig {
+    /// `choice` with default settings, TensorRT caches under `cache/trt`.
+    pub fn new(choice: EngineChoice, cache: &Path) -> Self {
+        EngineConfig {
+            choice,
+            ort_library: None,
+            tensorrt: TensorrtOptions { precision: Precision::default(), cache_dir: cache.join("trt"), workspace_mib: None, dla_core: None },
+        }
+    }
+}
+
+/// Fails, before any model is loaded, when `choice` is not in this build.
+pub fn check_built(choice: EngineChoice) -> Result<(), EngineError> {
+    if choice.is_onnxruntime() && !cfg!(feature = "ort") {
+        return Err(EngineError::NotBuilt(choice.name().into()));
+    }
+    Ok(())
+}
+
+/// The ONNX Runtime engines `auto` tries, best first, before tract.
+const AUTO_ORDER: [EngineChoice; 2] = [EngineChoice::Tensorrt, EngineChoice::Cuda];
+
+/// Loads `spec` on the engine `config` asks for. `auto` tries TensorRT,
+/// then CUDA, then tract, logging each fallback and its reason on one line.
+pub fn load(config: &EngineConfig, spec: &EngineSpec) -> Result<Box<dyn Engine>, EngineError> {
+    check_built(config.choice)?;
+    match config.choice {
+        EngineChoice::Tract => Ok(Box::new(tract::TractEngine::load(spec)?)),
+        EngineChoice::Auto => {
+            if !cfg!(feature = "ort") {
+                log::info!("--engine auto: tensorrt and cuda need causeseg built with `--features ort`; using tract");
+            }
+            for candidate in AUTO_ORDER.into_iter().filter(|_| cfg!(feature = "ort")) {
+                match load_onnxruntime(candidate, config, spec) {
+                    Ok(engine) => return Ok(engine),
+                    Err(EngineError::Unavailable { reason, .. }) => log::info!("--engine auto: {} unavailable: {reason}", candidate.name()),
+                    Err(e) => log::info!("--engine auto: {} unavailable: {e}", candidate.name()),
+                }
+            }
+            log::info!("--engine auto: using tract");
+            Ok(Box::new(tract::TractEngine::load(spec)?))
+        }
+        onnxruntime_choice => load_onnxruntime(onnxruntime_choice, config, spec),
+    }
+}
+
+#[cfg(feature = "ort")]
+fn load_onnxruntime(choice: EngineChoice, config: &EngineConfig, spec: &EngineSpec) -> Result<Box<dyn Engine>, EngineError> {
+    Ok(Box::new(onnxruntime::OrtEngine::load(spec, choice, config)?))
+}
+
+#[cfg(not(feature = "ort"))]
+fn load_onnxruntime(choice: EngineChoice, _: &EngineConfig, _: &EngineSpec) -> Result<Box<dyn Engine>, EngineError> {
+    Err(EngineError::NotBuilt(choice.name().into()))
 }
 
 #[cfg(test)]
@@ -132,14 +248,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_backend_left_out_of_the_build_is_an_error_that_leads_with_the_fix() {
-        assert!(check_built(Backend::Tract).is_ok());
+    fn an_engine_left_out_of_the_build_is_an_error_that_leads_with_the_fix() {
+        assert!(check_built(EngineChoice::Tract).is_ok());
+        assert!(check_built(EngineChoice::Auto).is_ok());
         let built = cfg!(feature = "ort");
-        match check_built(Backend::Ort) {
+        match check_built(EngineChoice::OrtCpu) {
             Ok(()) => assert!(built),
-            Err(e) => assert!(e.to_string().starts_with("backend ort needs causeseg built with `--features ort`"), "{e}"),
+            Err(e) => assert!(e.to_string().starts_with("--engine ort-cpu needs causeseg built with `--features ort`"), "{e}"),
         }
         let message = EngineError::NotBuilt("tensorrt".into()).to_string();
-        assert!(message.starts_with("backend tensorrt needs causeseg built with `--features ort`"), "{message}");
+        assert!(message.starts_with("--engine tensorrt needs causeseg built with `--features ort`"), "{message}");
+    }
+
+    #[test]
+    fn auto_tries_gpu_engines_best_first_and_every_choice_has_its_command_line_name() {
+        assert_eq!(AUTO_ORDER, [EngineChoice::Tensorrt, EngineChoice::Cuda]);
+        let names: Vec<_> = [EngineChoice::Auto, EngineChoice::Tensorrt, EngineChoice::Cuda, EngineChoice::OrtCpu, EngineChoice::Tract].map(EngineChoice::name).into();
+        assert_eq!(names, ["auto", "tensorrt", "cuda", "ort-cpu", "tract"]);
+        assert!(!EngineChoice::Auto.is_onnxruntime() && !EngineChoice::Tract.is_onnxruntime());
+        assert_eq!(EngineConfig::new(EngineChoice::Auto, Path::new("/c")).tensorrt.cache_dir, Path::new("/c/trt"));
     }
 }

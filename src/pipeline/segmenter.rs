@@ -12,7 +12,7 @@ use super::preprocess::{Placement, PreprocessError, Preprocessor};
 use super::refine::{refined_labels, Refine};
 use crate::model::manifest::ResizePolicy;
 use crate::timing::{ms_since, StageTimes};
-use crate::engine::{self, Backend, Engine, EngineError, EngineSpec};
+use crate::engine::{self, Engine, EngineConfig, EngineError, EngineSpec};
 use crate::model::backbone::{self, BackboneError};
 use crate::model::manifest::{BackboneRef, InputSpec};
 use crate::model::{fused, Model, ModelError};
@@ -46,16 +46,16 @@ pub struct PatchInference {
 
 impl PatchInference {
     /// Resolves (fetching if needed) and loads the bare backbone for `input`.
-    pub fn backbone(reference: &BackboneRef, input: &InputSpec, backend: Backend, cache: &Path) -> Result<Self, SegmentError> {
+    pub fn backbone(reference: &BackboneRef, input: &InputSpec, engine: &EngineConfig, cache: &Path) -> Result<Self, SegmentError> {
         let path = backbone::resolve(reference, cache)?;
-        Self::load(path, reference.feature_dim, reference.patch_size, input, backend)
+        Self::load(path, reference.feature_dim, reference.patch_size, input, engine)
     }
 
     /// Loads any graph that maps the image tensor to a `[1, tokens, channels]`
     /// per-patch output (a backbone, or a fused graph's concept scores).
-    pub fn load(path: PathBuf, channels: usize, patch_size: u32, input: &InputSpec, backend: Backend) -> Result<Self, SegmentError> {
+    pub fn load(path: PathBuf, channels: usize, patch_size: u32, input: &InputSpec, engine: &EngineConfig) -> Result<Self, SegmentError> {
         let spec = EngineSpec { path, width: input.width, height: input.height, patch_size, channels };
-        let engine = engine::load(backend, &spec)?;
+        let engine = engine::load(engine, &spec)?;
         let preprocessor = Preprocessor::new(input.width, input.height, patch_size, input.mean, input.std, input.resize);
         Ok(PatchInference { engine, preprocessor, patch_size })
     }
@@ -65,7 +65,7 @@ impl PatchInference {
         self.preprocessor = Preprocessor::new(input.width, input.height, self.patch_size, input.mean, input.std, policy);
     }
 
-    /// The backend's name.
+    /// The name of the engine that runs the graph (e.g. "tract").
     pub fn backend(&self) -> String {
         self.engine.backend()
     }
@@ -98,11 +98,11 @@ pub struct Segmentation {
 /// maps out.
 ///
 /// ```no_run
-/// use causeseg::{Backend, Model, Segmenter};
+/// use causeseg::{EngineChoice, EngineConfig, Model, Segmenter};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let cache = causeseg::model::backbone::cache_dir(None);
 /// let model = Model::load(&causeseg::model::bundled::default_model_dir(&cache)?)?;
-/// let mut segmenter = Segmenter::new(model, Backend::Tract, &cache)?;
+/// let mut segmenter = Segmenter::new(model, &EngineConfig::new(EngineChoice::Auto, &cache), &cache)?;
 /// let frame = image::RgbImage::new(640, 480); // e.g. a camera frame
 /// let result = segmenter.segment(&frame, "frame", None)?;
 /// assert_eq!(result.labels.dimensions(), (640, 480));
@@ -118,11 +118,11 @@ pub struct Segmenter {
 impl Segmenter {
     /// Loads the backbone named by `model` (fetching it into `cache` if it is
     /// the default one and missing), builds the model's fused graph (cached
-    /// in `cache`) and loads that on `backend`.
-    pub fn new(model: Model, backend: Backend, cache: &Path) -> Result<Self, SegmentError> {
+    /// in `cache`) and loads that on the engine `engine` picks.
+    pub fn new(model: Model, engine: &EngineConfig, cache: &Path) -> Result<Self, SegmentError> {
         let backbone = &model.manifest.backbone;
         let graph = fused::fused_graph(&model, &backbone::resolve(backbone, cache)?, cache)?;
-        let inference = PatchInference::load(graph, model.num_concepts(), backbone.patch_size, &model.manifest.input, backend)?;
+        let inference = PatchInference::load(graph, model.num_concepts(), backbone.patch_size, &model.manifest.input, engine)?;
         Ok(Segmenter { model, inference, refine: Refine::default() })
     }
 

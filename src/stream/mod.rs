@@ -20,12 +20,12 @@
 //!
 //! ```no_run
 //! use std::sync::{atomic::AtomicBool, Arc};
-//! use causeseg::{source, Backend, Model, Segmenter, StatsSink, Stream, StreamConfig};
+//! use causeseg::{source, EngineChoice, EngineConfig, Model, Segmenter, StatsSink, Stream, StreamConfig};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let cache = causeseg::model::backbone::cache_dir(None);
 //! let model = Model::load(&causeseg::model::bundled::default_model_dir(&cache)?)?;
 //! let concepts = model.num_concepts();
-//! let segmenter = Segmenter::new(model, Backend::Tract, &cache)?;
+//! let segmenter = Segmenter::new(model, &EngineConfig::new(EngineChoice::Auto, &cache), &cache)?;
 //! let source = source::open(&source::SourceUri::parse("examples/images")?, &Default::default())?;
 //! let config = StreamConfig { max_frames: Some(10), ..Default::default() };
 //! let mut stream = Stream::new(segmenter, config);

@@ -12,7 +12,7 @@ pub mod kmeans;
 
 use std::path::PathBuf;
 
-use crate::engine::Backend;
+use crate::engine::EngineConfig;
 use crate::model::manifest::{BackboneRef, InputSpec};
 use crate::model::ModelError;
 use crate::pipeline::{PatchInference, SegmentError};
@@ -87,7 +87,7 @@ pub struct Extraction {
     /// Model input size and normalisation.
     pub input: InputSpec,
     /// Engine that runs the backbone for images not cached yet.
-    pub backend: Backend,
+    pub engine: EngineConfig,
     /// Backbone and feature cache directory.
     pub cache: PathBuf,
 }
@@ -97,7 +97,7 @@ impl Extraction {
     /// from the feature cache where present; `what` labels the progress bar.
     pub fn features(&self, images: &[PathBuf], view: View, what: &str) -> Result<FeatureSet> {
         let cache = FeatureCache::new(&view.cache_root(&self.cache), &self.backbone, &self.input);
-        let inference = || PatchInference::backbone(&self.backbone, &self.input, self.backend, &self.cache);
+        let inference = || PatchInference::backbone(&self.backbone, &self.input, &self.engine, &self.cache);
         FeatureSet::load(images, &cache, view, inference, what)
     }
 }
