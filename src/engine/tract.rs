@@ -5,6 +5,8 @@ use std::sync::Once;
 
 use ndarray::{Array3, Array4};
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::{Cost, EvalContext, OpState};
+use tract_onnx::tract_core::plan::eval;
 
 use super::{Engine, EngineError, EngineSpec};
 
@@ -15,7 +17,7 @@ pub struct TractEngine {
 }
 
 /// Turns on tract's multithreaded matrix multiply (once per process).
-fn enable_multithreading() {
+pub(crate) fn enable_multithreading() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -39,6 +41,61 @@ impl TractEngine {
         let plan = model.into_runnable().map_err(load_err)?;
         let state = plan.spawn().map_err(load_err)?;
         Ok(TractEngine { spec: spec.clone(), state })
+    }
+}
+
+/// Time one kind of operation took in a profiled run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpTime {
+    /// tract's operation name (e.g. "OptMatMul", "Softmax").
+    pub op: String,
+    /// Nodes of that kind in the plan.
+    pub nodes: usize,
+    /// Milliseconds spent in them.
+    pub ms: f64,
+}
+
+impl TractEngine {
+    /// Floating-point operations of one run (two per multiply-add, plus
+    /// divisions), from tract's cost model of the optimised graph.
+    pub fn flops(&self) -> Result<u64, EngineError> {
+        let model = self.state.model();
+        let mut flops = 0u64;
+        for node in model.nodes() {
+            let facts = model.node_input_facts(node.id).map_err(|e| EngineError::Run(format!("{e:#}")))?;
+            for (cost, count) in node.op.cost(&facts).map_err(|e| EngineError::Run(format!("{e:#}")))? {
+                let count = count.to_i64().unwrap_or(0).max(0) as u64;
+                flops += match cost {
+                    Cost::FMA(_) => 2 * count,
+                    Cost::Div(_) => count,
+                    _ => 0,
+                };
+            }
+        }
+        Ok(flops)
+    }
+
+    /// Runs `input` once, timing every node; the time per kind of
+    /// operation, longest first (where the inference time goes).
+    pub fn profile(&mut self, input: Array4<f32>) -> Result<Vec<OpTime>, EngineError> {
+        let mut times: std::collections::HashMap<String, (usize, f64)> = Default::default();
+        let timed = |ctx: &EvalContext<'_>,
+                     state: Option<&mut (dyn OpState + 'static)>,
+                     node: &TypedNode,
+                     inputs: TVec<TValue>| {
+            let start = std::time::Instant::now();
+            let outputs = eval(ctx, state, node, inputs);
+            let entry = times.entry(node.op.name().to_string()).or_default();
+            entry.0 += 1;
+            entry.1 += start.elapsed().as_secs_f64() * 1000.0;
+            outputs
+        };
+        self.state
+            .run_plan_with_eval(tvec!(Tensor::from(input.into_dyn()).into_tvalue()), timed)
+            .map_err(|e| EngineError::Run(format!("{e:#}")))?;
+        let mut profile: Vec<OpTime> = times.into_iter().map(|(op, (nodes, ms))| OpTime { op, nodes, ms }).collect();
+        profile.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        Ok(profile)
     }
 }
 
