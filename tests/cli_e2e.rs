@@ -168,3 +168,26 @@ fn models_rename_names_concepts_in_the_manifest() {
     common::assert_clean_error(&causeseg(&["models", "rename", "--model", model.to_str().unwrap(), "99=road"]), "concept 99 does not exist: the model has concepts 0 to 10");
     common::assert_clean_error(&causeseg(&["models", "rename", "--model", model.to_str().unwrap(), "road"]), "'road' is not ID=NAME");
 }
+
+#[test]
+fn bench_json_is_one_object_with_every_stage_per_engine_and_the_profile() {
+    if common::backbone().is_none() {
+        return;
+    }
+    let stdout = ok(&causeseg(&["bench", "--frames", "2", "--warmup", "1", "--size", "224x224", "--engine", "tract", "--profile", "--json"]));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("exactly one JSON object on stdout");
+    let gflop = report["gflop_per_frame"].as_f64().unwrap();
+    assert!(gflop > 1.0, "{report}");
+    let engines = report["engines"].as_array().unwrap();
+    assert_eq!(engines.len(), 1);
+    assert_eq!(engines[0]["name"], "tract");
+    let stages: Vec<&str> = engines[0]["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["decode", "preprocess", "inference", "postprocess", "total"]);
+    let inference = &engines[0]["stages"][2];
+    let (p50, p99) = (inference["p50_ms"].as_f64().unwrap(), inference["p99_ms"].as_f64().unwrap());
+    assert!(p50 > 0.0 && p99 >= p50, "{inference}");
+    let rate = engines[0]["gflop_per_s"].as_f64().unwrap();
+    assert!((rate - gflop / (p50 / 1000.0)).abs() < 1e-6 * rate, "GFLOP/s is the graph's FLOPs over the inference median");
+    let profile = report["profile"].as_array().unwrap();
+    assert!(profile.iter().any(|op| op["op"].as_str().unwrap().contains("MatMul")), "{report}");
+}

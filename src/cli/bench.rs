@@ -45,6 +45,9 @@ pub struct BenchArgs {
     /// operation.
     #[arg(long)]
     profile: bool,
+    /// Print exactly one JSON object on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(args: BenchArgs, cache: &Path) -> anyhow::Result<()> {
@@ -63,8 +66,17 @@ pub fn run(args: BenchArgs, cache: &Path) -> anyhow::Result<()> {
         })
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("bench: {} frames at {}x{} from {}, {cores} cores; fused graph {gflop:.1} GFLOP per frame", args.frames, input.width, input.height, open_images()?.describe());
-    println!("{:<16} {:<12} {:>10} {:>10}", "engine", "stage", "p50 ms", "p99 ms");
+    let mut report = Report {
+        frames: args.frames,
+        width: input.width,
+        height: input.height,
+        source: open_images()?.describe(),
+        cores,
+        gflop_per_frame: gflop,
+        engines: Vec::new(),
+        profile: None,
+        peak_rss_mib: None,
+    };
     for choice in &args.engine {
         let load_start = Instant::now();
         let mut segmenter = Segmenter::new(model.clone(), &args.setup.config(*choice, cache), cache)?;
@@ -81,30 +93,91 @@ pub fn run(args: BenchArgs, cache: &Path) -> anyhow::Result<()> {
                 samples.push(times);
             }
         }
-        let name = segmenter.inference_mut().backend();
-        for (index, stage) in ["decode", "preprocess", "inference", "postprocess", "total"].iter().enumerate() {
-            let values: Vec<f64> = samples
-                .iter()
-                .map(|t| if index < 4 { t.named()[index].1 } else { t.total_ms() })
-                .collect();
+        let mut stages = Vec::new();
+        for (index, stage) in STAGES.iter().enumerate() {
+            let values: Vec<f64> = samples.iter().map(|t| if index < 4 { t.named()[index].1 } else { t.total_ms() }).collect();
             if let Some(s) = summarize(&values) {
-                let rate = if *stage == "inference" { format!("   {:.0} GFLOP/s at p50", gflop / (s.p50 / 1000.0)) } else { String::new() };
-                println!("{name:<16} {stage:<12} {:>10.2} {:>10.2}{rate}", s.p50, s.p99);
+                stages.push(StageReport { stage, p50_ms: s.p50, p99_ms: s.p99 });
             }
         }
-        println!("{name:<16} {:<12} {load_ms:>10.0}   (model load, once)", "load");
+        let inference_p50 = stages.iter().find(|s| s.stage == "inference").map_or(f64::NAN, |s| s.p50_ms);
+        report.engines.push(EngineReport { name: segmenter.inference_mut().backend(), load_ms, gflop_per_s: gflop / (inference_p50 / 1000.0), stages });
     }
     if args.profile {
-        print_profile(&spec, &model.manifest.input, args.warmup, args.frames, open_images()?)?;
+        report.profile = Some(profile(&spec, &model.manifest.input, args.warmup, args.frames, open_images()?)?);
     }
-    let rss = peak_rss_bytes().map_or("unknown".into(), |b| format!("{:.0} MiB", b as f64 / (1024.0 * 1024.0)));
-    println!("peak RSS {rss}");
+    report.peak_rss_mib = peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0));
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        report.print();
+    }
     Ok(())
 }
 
-/// tract's time per kind of operation of the fused graph, averaged over
-/// `frames` frames after `warmup`.
-fn print_profile(spec: &EngineSpec, input: &InputSpec, warmup: usize, frames: usize, mut images: ImageFiles) -> anyhow::Result<()> {
+/// The stages timed per frame, as [`StageTimes::named`] lists them, then the sum.
+const STAGES: [&str; 5] = ["decode", "preprocess", "inference", "postprocess", "total"];
+
+/// Everything one bench run measured (printed as a table, or as JSON with `--json`).
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    frames: usize,
+    width: u32,
+    height: u32,
+    source: String,
+    cores: usize,
+    gflop_per_frame: f64,
+    engines: Vec<EngineReport>,
+    profile: Option<Vec<OpTime>>,
+    peak_rss_mib: Option<f64>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct EngineReport {
+    name: String,
+    load_ms: f64,
+    /// Fused-graph FLOPs over the inference median.
+    gflop_per_s: f64,
+    stages: Vec<StageReport>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct StageReport {
+    stage: &'static str,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl Report {
+    fn print(&self) {
+        println!(
+            "bench: {} frames at {}x{} from {}, {} cores; fused graph {:.1} GFLOP per frame",
+            self.frames, self.width, self.height, self.source, self.cores, self.gflop_per_frame
+        );
+        println!("{:<16} {:<12} {:>10} {:>10}", "engine", "stage", "p50 ms", "p99 ms");
+        for engine in &self.engines {
+            let name = &engine.name;
+            for s in &engine.stages {
+                let rate = if s.stage == "inference" { format!("   {:.0} GFLOP/s at p50", engine.gflop_per_s) } else { String::new() };
+                println!("{name:<16} {:<12} {:>10.2} {:>10.2}{rate}", s.stage, s.p50_ms, s.p99_ms);
+            }
+            println!("{name:<16} {:<12} {:>10.0}   (model load, once)", "load", engine.load_ms);
+        }
+        if let Some(profile) = &self.profile {
+            let sum: f64 = profile.iter().map(|t| t.ms).sum();
+            println!("tract profile of the fused graph, mean of {} frames: {sum:.1} ms per frame", self.frames);
+            println!("{:<28} {:>6} {:>12} {:>7}", "operation", "nodes", "ms/frame", "share");
+            for op in profile {
+                println!("{:<28} {:>6} {:>12.2} {:>6.1}%", op.op, op.nodes, op.ms, 100.0 * op.ms / sum);
+            }
+        }
+        println!("peak RSS {}", self.peak_rss_mib.map_or("unknown".into(), |m| format!("{m:.0} MiB")));
+    }
+}
+
+/// tract's time per kind of operation of the fused graph in ms per frame,
+/// averaged over `frames` frames after `warmup`, longest first.
+fn profile(spec: &EngineSpec, input: &InputSpec, warmup: usize, frames: usize, mut images: ImageFiles) -> anyhow::Result<Vec<OpTime>> {
     let mut engine = TractEngine::load(spec)?;
     let mut preprocessor = Preprocessor::new(input.width, input.height, spec.patch_size, input.mean, input.std, input.resize);
     let mut totals: Vec<OpTime> = Vec::new();
@@ -122,12 +195,9 @@ fn print_profile(spec: &EngineSpec, input: &InputSpec, warmup: usize, frames: us
             }
         }
     }
-    totals.sort_by(|a, b| b.ms.total_cmp(&a.ms));
-    let sum: f64 = totals.iter().map(|t| t.ms).sum();
-    println!("tract profile of the fused graph, mean of {frames} frames: {:.1} ms per frame", sum / frames as f64);
-    println!("{:<28} {:>6} {:>12} {:>7}", "operation", "nodes", "ms/frame", "share");
-    for op in &totals {
-        println!("{:<28} {:>6} {:>12.2} {:>6.1}%", op.op, op.nodes, op.ms / frames as f64, 100.0 * op.ms / sum);
+    for op in &mut totals {
+        op.ms /= frames as f64;
     }
-    Ok(())
+    totals.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    Ok(totals)
 }

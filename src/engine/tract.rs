@@ -45,7 +45,7 @@ impl TractEngine {
 }
 
 /// Time one kind of operation took in a profiled run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct OpTime {
     /// tract's operation name (e.g. "OptMatMul", "Softmax").
     pub op: String,
