@@ -119,6 +119,14 @@ pub enum BackboneError {
     /// Editing or reading the ONNX graph failed.
     #[error(transparent)]
     Onnx(#[from] OnnxError),
+    /// tract did not finish analysing the graph in time, or panicked doing so.
+    #[error("{path}: cannot analyse the graph: {reason}")]
+    Probe {
+        /// The ONNX file.
+        path: PathBuf,
+        /// What happened.
+        reason: String,
+    },
     /// Other I/O.
     #[error("{path}: {source}")]
     Io {
@@ -226,8 +234,36 @@ pub fn import(onnx_file: &Path, tensor: &str, prefix_tokens: usize, name: &str, 
 /// Probes a backbone file at 224x224: it must output `[1, tokens, dim]` with
 /// a square token grid, from which the patch size follows.
 pub fn describe(path: &Path) -> Result<BackboneRef, BackboneError> {
+    describe_within(path, PROBE_LIMIT)
+}
+
+/// How long tract may take to analyse an imported graph (a ViT-L takes a
+/// few seconds).
+const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// [`describe`], with tract's analysis on a thread of its own that may take
+/// at most `limit`: a malformed graph can make tract loop for ever (found by
+/// fuzzing: tract-onnx 0.23's LayerNormalization with an axis below -rank
+/// counts to 2^64) or panic, and an import must end with an error instead.
+/// A thread that runs past the limit is left behind (the command ends).
+fn describe_within(path: &Path, limit: std::time::Duration) -> Result<BackboneRef, BackboneError> {
     const PROBE: u32 = 224;
-    let shape = crate::engine::tract::output_shape(path, PROBE, PROBE)?;
+    let probe_err = |reason: String| BackboneError::Probe { path: path.into(), reason };
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let file = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("onnx-probe".into())
+        .spawn(move || {
+            let _ = sender.send(crate::engine::tract::output_shape(&file, PROBE, PROBE));
+        })
+        .map_err(|e| probe_err(format!("cannot start a thread: {e}")))?;
+    let shape = match receiver.recv_timeout(limit) {
+        Ok(shape) => shape?,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            return Err(probe_err(format!("tract did not finish within {} s (a malformed node?)", limit.as_secs())))
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(probe_err("tract panicked (a malformed node?)".into())),
+    };
     let not_vit = || BackboneError::NotABackbone { path: path.into(), shape: format!("{shape:?}") };
     let [1, tokens, dim] = shape.as_slice() else { return Err(not_vit()) };
     let side = (*tokens as f64).sqrt().round() as u32;
@@ -314,6 +350,71 @@ mod tests {
         let reference = BackboneRef { file: "mine.onnx".into(), sha256: "0".into(), patch_size: 8, feature_dim: 768 };
         let err = resolve(&reference, dir.path()).unwrap_err().to_string();
         assert!(err.contains("causeseg models import"), "{err}");
+    }
+
+    /// Regression (fuzz target onnx_backbone): a LayerNormalization whose
+    /// axis is below -rank made tract's shape analysis loop (almost) for
+    /// ever inside `models import`; now the probe gives up with an error.
+    #[test]
+    fn a_graph_tract_cannot_analyse_is_an_error_not_a_hang() {
+        use crate::onnx::builder::int;
+        use crate::onnx::{float_value_info, pb, Dim};
+        let node = |op: &str, inputs: &[&str], output: &str, attribute| pb::NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            op_type: op.into(),
+            attribute,
+            ..Default::default()
+        };
+        let graph = pb::GraphProto {
+            // [1, 3, H, W] → [1, 3, H·W] → LayerNormalization over axis -4 of a rank-3 tensor.
+            node: vec![node("Reshape", &["x", "shape"], "tokens", vec![]), node("LayerNormalization", &["tokens", "scale"], "out", vec![int("axis", -4)])],
+            initializer: vec![
+                pb::TensorProto { name: "shape".into(), dims: vec![3], data_type: 7, int64_data: vec![1, 3, -1], ..Default::default() },
+                pb::TensorProto { name: "scale".into(), dims: vec![1], data_type: 1, float_data: vec![1.0], ..Default::default() },
+            ],
+            input: vec![float_value_info("x", &[Dim::Value(1), Dim::Value(3), Dim::Param("height"), Dim::Param("width")])],
+            output: vec![float_value_info("out", &[Dim::Param("batch"), Dim::Param("tokens"), Dim::Param("dim")])],
+            ..Default::default()
+        };
+        let model = pb::ModelProto {
+            graph: Some(graph),
+            ir_version: 8,
+            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad_axis.onnx");
+        crate::onnx::write_model(&model, &path).unwrap();
+        let start = std::time::Instant::now();
+        let err = describe_within(&path, std::time::Duration::from_secs(5)).unwrap_err().to_string();
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "{err}");
+        assert_eq!(err, format!("{}: cannot analyse the graph: tract did not finish within 5 s (a malformed node?)", path.display()));
+    }
+
+    /// Regression (fuzz target onnx_backbone): a Transpose whose `perm`
+    /// names an axis the tensor lacks made tract's shape analysis panic
+    /// (index out of bounds) inside `models import`; now it is an error.
+    #[test]
+    fn a_graph_that_makes_tract_panic_is_an_error() {
+        use crate::onnx::builder::ints;
+        use crate::onnx::{float_value_info, pb, Dim};
+        let graph = pb::GraphProto {
+            node: vec![
+                pb::NodeProto { input: vec!["x".into(), "shape".into()], output: vec!["tokens".into()], op_type: "Reshape".into(), ..Default::default() },
+                pb::NodeProto { input: vec!["tokens".into()], output: vec!["out".into()], op_type: "Transpose".into(), attribute: vec![ints("perm", &[0, 2, 6])], ..Default::default() },
+            ],
+            initializer: vec![pb::TensorProto { name: "shape".into(), dims: vec![3], data_type: 7, int64_data: vec![1, 3, -1], ..Default::default() }],
+            input: vec![float_value_info("x", &[Dim::Value(1), Dim::Value(3), Dim::Param("height"), Dim::Param("width")])],
+            output: vec![float_value_info("out", &[Dim::Param("batch"), Dim::Param("tokens"), Dim::Param("dim")])],
+            ..Default::default()
+        };
+        let model = pb::ModelProto { graph: Some(graph), ir_version: 8, opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }], ..Default::default() };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad_perm.onnx");
+        crate::onnx::write_model(&model, &path).unwrap();
+        let err = describe(&path).unwrap_err().to_string();
+        assert_eq!(err, format!("{}: cannot analyse the graph: tract panicked (a malformed node?)", path.display()));
     }
 
     #[test]

@@ -53,8 +53,14 @@ pub enum OnnxError {
 /// Reads an ONNX model from `path`.
 pub fn read_model(path: &Path) -> Result<pb::ModelProto, OnnxError> {
     let bytes = std::fs::read(path).map_err(|source| OnnxError::Io { path: path.into(), source })?;
-    let model = pb::ModelProto::decode(bytes.as_slice())
-        .map_err(|e| OnnxError::NotOnnx { path: path.into(), reason: e.to_string() })?;
+    parse_model(&bytes, path)
+}
+
+/// Decodes an ONNX model held in memory (what [`read_model`] does after
+/// reading the file); `path` only names it in errors. A model without graph
+/// nodes is an error.
+pub fn parse_model(bytes: &[u8], path: &Path) -> Result<pb::ModelProto, OnnxError> {
+    let model = pb::ModelProto::decode(bytes).map_err(|e| OnnxError::NotOnnx { path: path.into(), reason: e.to_string() })?;
     if model.graph.as_ref().is_none_or(|g| g.node.is_empty()) {
         return Err(OnnxError::NotOnnx { path: path.into(), reason: "it has no graph nodes".into() });
     }

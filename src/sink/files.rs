@@ -1,9 +1,11 @@
 //! Writes label maps and their visualisations as PNG files:
 //! `<stem>_labels.png` (mono8 concept ids), `<stem>_mask.png` (colours),
 //! `<stem>_overlay.png` (mask blended over the input), and once per output
-//! directory `legend.png`. Each file is written under a temporary name and
-//! renamed into place, so a reader (or a full disk) never sees a truncated PNG.
+//! directory `legend.png`. Each file is encoded in memory, written under a
+//! temporary name (every write error reported) and renamed into place, so a
+//! reader (or a full disk) never sees a truncated PNG.
 
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use image::{GrayImage, ImageFormat, ImageResult, RgbImage};
@@ -54,7 +56,7 @@ impl ImageSink {
         let mask = || colorize(labels, &self.colors);
         for kind in &self.kinds {
             match kind {
-                Visualization::Labels => save_atomically(&self.dir.join(format!("{stem}_labels.png")), |tmp| labels.save_with_format(tmp, ImageFormat::Png))?,
+                Visualization::Labels => save_atomically(&self.dir.join(format!("{stem}_labels.png")), |out| labels.write_to(out, ImageFormat::Png))?,
                 Visualization::Mask => self.save_rgb(&mask(), &format!("{stem}_mask.png"))?,
                 Visualization::Overlay => self.save_rgb(&overlay(image, &mask(), self.alpha), &format!("{stem}_overlay.png"))?,
             }
@@ -63,17 +65,24 @@ impl ImageSink {
     }
 
     fn save_rgb(&self, image: &RgbImage, name: &str) -> Result<(), SinkError> {
-        save_atomically(&self.dir.join(name), |tmp| image.save_with_format(tmp, ImageFormat::Png))
+        save_atomically(&self.dir.join(name), |out| image.write_to(out, ImageFormat::Png))
     }
 }
 
-/// Writes `path` through `encode` into `.<name>.tmp` beside it, then renames
-/// it into place; on failure the temporary file is removed and `path` is
-/// left as it was.
-fn save_atomically(path: &Path, encode: impl FnOnce(&Path) -> ImageResult<()>) -> Result<(), SinkError> {
+/// Encodes `path`'s contents in memory through `encode`, writes them into
+/// `.<name>.tmp` beside it, then renames that into place; on failure the
+/// temporary file is removed and `path` is left as it was.
+///
+/// Encoding to memory first matters: `image`'s file savers write the PNG's
+/// end (the IEND chunk, the last buffered bytes) when they are dropped and
+/// ignore errors there, so a disk that fills up at that moment would leave
+/// a truncated PNG that looked saved. `std::fs::write` reports every error.
+fn save_atomically(path: &Path, encode: impl FnOnce(&mut Cursor<Vec<u8>>) -> ImageResult<()>) -> Result<(), SinkError> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let written = encode(&tmp).map_err(|e| e.to_string()).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| e.to_string()));
+    let mut encoded = Cursor::new(Vec::new());
+    encode(&mut encoded).map_err(|e| SinkError { path: path.into(), reason: e.to_string() })?;
+    let written = std::fs::write(&tmp, encoded.into_inner()).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| e.to_string());
     written.map_err(|reason| {
         let _ = std::fs::remove_file(&tmp);
         SinkError { path: path.into(), reason }
@@ -98,15 +107,32 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_write_leaves_no_partial_file() {
+    fn a_failed_encoding_leaves_no_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f_labels.png");
-        let err = save_atomically(&path, |tmp| {
-            std::fs::write(tmp, b"\x89PNG half")?;
-            Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device").into())
+        let err = save_atomically(&path, |out| {
+            std::io::Write::write_all(out, b"\x89PNG half")?;
+            Err(std::io::Error::other("encoder failed").into())
         })
         .unwrap_err();
-        assert_eq!(err.to_string(), format!("{}: cannot write: No space left on device", path.display()));
+        assert_eq!(err.to_string(), format!("{}: cannot write: encoder failed", path.display()));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "neither the file nor its temporary copy is left");
+    }
+
+    /// Regression (issue 15's fault injection): a disk that is full when a
+    /// small PNG is written. `image`'s `save_with_format` put the whole file
+    /// in its write buffer, flushed it on drop, ignored the error and
+    /// reported success, and the empty temporary file was renamed into place.
+    /// The temporary file is pointed at /dev/full, where every write fails
+    /// with "No space left on device".
+    #[test]
+    fn a_full_disk_at_the_last_write_is_an_error_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f_labels.png");
+        std::os::unix::fs::symlink("/dev/full", dir.path().join(".f_labels.png.tmp")).unwrap();
+        let labels = GrayImage::from_raw(2, 1, vec![0, 1]).unwrap();
+        let err = save_atomically(&path, |out| labels.write_to(out, ImageFormat::Png)).unwrap_err();
+        assert!(err.to_string().starts_with(&format!("{}: cannot write: No space left on device", path.display())), "{err}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "neither the file nor its temporary copy is left");
     }
 }

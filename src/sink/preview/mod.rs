@@ -148,6 +148,18 @@ impl Drop for Preview {
     }
 }
 
+/// The bytes the preview server would answer to the raw request `request`
+/// arriving on `addr`, with no frame processed yet: the same parsing, size
+/// limits, token check and routes as a live server, without a socket or
+/// threads (a `/stream.mjpg` request gets the stream's response head only).
+/// Renames are written to `config.model_dir`'s `model.toml`. For tests and
+/// fuzzing (`fuzz/fuzz_targets/preview_http.rs`).
+pub fn answer(request: &[u8], addr: SocketAddr, config: PreviewConfig<'_>) -> Vec<u8> {
+    let concepts = Arc::new(Concepts::new(config.model_dir, config.names, config.colors));
+    let shared = Shared::new(addr, Arc::new(Frames::default()), concepts, config.alpha.clamp(0.0, 1.0), config.token);
+    server::answer(request, &shared)
+}
+
 /// Frames whose arrival times give the preview's FPS figure.
 const FPS_WINDOW: usize = 10;
 

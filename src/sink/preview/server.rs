@@ -102,16 +102,34 @@ pub(super) fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
 
 /// Serves one connection: one request, then close.
 fn handle(mut stream: TcpStream, shared: &Shared) {
-    let response = match read_request(&mut stream) {
-        Ok(request) => match route(&request, shared) {
-            Route::Reply(response) => response,
-            Route::Stream(rendering) => return stream_mjpeg(stream, rendering, shared),
-        },
-        Err(response) => response,
+    let response = match respond(&mut stream, shared) {
+        Route::Reply(response) => response,
+        Route::Stream(rendering) => return stream_mjpeg(stream, rendering, shared),
     };
     // The client may be gone already: nothing to do about it.
     let _ = response.write_to(&mut stream);
     linger(stream);
+}
+
+/// Reads one request from `input` and routes it: the response, or the
+/// stream rendering asked for; a malformed request gets its error response.
+fn respond(input: &mut impl std::io::Read, shared: &Shared) -> Route {
+    match read_request(input) {
+        Ok(request) => route(&request, shared),
+        Err(response) => Route::Reply(response),
+    }
+}
+
+/// The bytes the server sends for the request `bytes`, as [`handle`] would
+/// send them, but without a socket: a stream request gets the MJPEG head only.
+pub(super) fn answer(mut bytes: &[u8], shared: &Shared) -> Vec<u8> {
+    let mut out = Vec::new();
+    let written = match respond(&mut bytes, shared) {
+        Route::Reply(response) => response.write_to(&mut out),
+        Route::Stream(_) => write_mjpeg_head(&mut out),
+    };
+    written.expect("writing to memory cannot fail");
+    out
 }
 
 /// Closes after the client has read the response: closing a socket with
