@@ -18,7 +18,8 @@
 //! fused graph, the bundled default model), [`head`] (the CAUSE head: its
 //! weights, forward pass, ONNX emission and training forward), [`onnx`]
 //! (reading and editing graphs). Beside them, the offline tools: [`train`]
-//! (`fit`: k-means and CAUSE) and [`eval`] (Hungarian-matched metrics).
+//! (`fit`: k-means and CAUSE), [`eval`] (Hungarian-matched metrics) and
+//! [`calibrate`] (int8 models from calibration images).
 //!
 //! ```no_run
 //! use causeseg::{EngineChoice, EngineConfig, Model, Segmenter};
@@ -32,6 +33,7 @@
 
 #![deny(missing_docs)]
 
+pub mod calibrate;
 pub mod engine;
 pub mod eval;
 pub mod head;

@@ -56,6 +56,9 @@ enum Command {
     /// Stream frames from a camera, GStreamer pipeline or image files
     /// through the model, in real time.
     Run(run::RunArgs),
+    /// Make an int8 model from calibration images (QDQ graph for TensorRT
+    /// and ONNX Runtime), with a report of its accuracy against float.
+    Calibrate(causeseg::calibrate::command::CalibrateArgs),
 }
 
 /// Options shared by every command that runs a model.
@@ -132,6 +135,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args, &cache),
         Command::Engine(command) => engine::run(command, &cache),
         Command::Run(args) => run::run(args, &cache),
+        Command::Calibrate(args) => causeseg::calibrate::command::run(args, &cache),
     }
 }
 

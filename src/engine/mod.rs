@@ -148,6 +148,10 @@ pub enum Precision {
     /// Half precision where TensorRT finds it faster (LayerNorm kept in fp32).
     #[default]
     Fp16,
+    /// An int8 model's QDQ graph: int8 where its Q/DQ nodes say (explicit
+    /// quantization), fp16 elsewhere. Chosen for int8 models, not by a flag.
+    #[cfg_attr(feature = "cli", value(skip))]
+    Int8,
 }
 
 impl Precision {
@@ -156,6 +160,7 @@ impl Precision {
         match self {
             Precision::Fp32 => "fp32",
             Precision::Fp16 => "fp16",
+            Precision::Int8 => "int8",
         }
     }
 }

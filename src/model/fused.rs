@@ -20,6 +20,7 @@ use ndarray::Array2;
 use sha2::{Digest, Sha256};
 
 use super::{Model, ModelError};
+use crate::calibrate::{qdq, TABLE_FILE};
 use crate::head::Head;
 use crate::onnx::builder::{int, Builder};
 use crate::onnx::{self, float_value_info, int64_value_info, pb, Dim, OnnxError};
@@ -36,9 +37,18 @@ pub const IDS_OUTPUT: &str = "concept_ids";
 /// `<cache>/fused/` when an identical one was built before, else built
 /// and stored there. The file name carries a hash of the backbone and every
 /// trained tensor, so retraining a model never picks up a stale graph.
+///
+/// An int8 model's graph is the float one with Q/DQ from its calibration
+/// table (`calibrate::qdq`); its key also hashes the table.
 pub fn fused_graph(model: &Model, backbone: &Path, cache: &Path) -> Result<PathBuf, ModelError> {
     let dir = cache.join("fused");
-    let path = dir.join(format!("{}-{}.onnx", model.manifest.name, &content_hash(model)?[..16]));
+    let mut key = content_hash(model)?;
+    let mut suffix = "";
+    if let Some(table) = &model.calibration {
+        key = format!("{:x}", Sha256::new().chain_update(&key).chain_update(table.to_json()).finalize());
+        suffix = "-int8";
+    }
+    let path = dir.join(format!("{}-{}{suffix}.onnx", model.manifest.name, &key[..16]));
     if path.is_file() {
         return Ok(path);
     }
@@ -62,12 +72,22 @@ fn input_grid(model: &Model) -> (usize, usize) {
     ((input.height / patch) as usize, (input.width / patch) as usize)
 }
 
-/// Writes the fused graph of `model` on `backbone` to `out`.
+/// Writes the fused graph of `model` on `backbone` to `out` (for an int8
+/// model, the QDQ graph built from its calibration table).
 pub fn export(model: &Model, backbone: &Path, out: &Path) -> Result<(), ModelError> {
-    let graph = onnx::read_model(backbone)?;
-    let fused = fuse(&graph, head_at_input_size(model).as_ref(), &model.centroids)?;
+    let mut fused = float_graph(model, backbone)?;
+    if let Some(table) = &model.calibration {
+        fused = qdq::quantize(&fused, table)
+            .map_err(|e| ModelError::BadFile { path: model.dir.join(TABLE_FILE), reason: e.to_string() })?;
+    }
     onnx::write_model(&fused, out)?;
     Ok(())
+}
+
+/// The float fused graph of `model` on `backbone`, in memory.
+pub fn float_graph(model: &Model, backbone: &Path) -> Result<pb::ModelProto, ModelError> {
+    let graph = onnx::read_model(backbone)?;
+    Ok(fuse(&graph, head_at_input_size(model).as_ref(), &model.centroids)?)
 }
 
 /// Appends `head` (if any) and the concept scoring to `backbone`, whose
@@ -95,14 +115,26 @@ pub fn fuse(backbone: &pb::ModelProto, head: Option<&Head>, concepts: &Array2<f3
     Ok(pb::ModelProto { graph: Some(g), ..backbone.clone() })
 }
 
-/// sha256 over the fused layout version, the backbone's hash and every
-/// file of the model directory that the graph is built from (the concept
-/// vectors and the head's weight files).
+/// The cache key of the float fused graph: [`source_hash`] plus, for a
+/// head with a patch grid, the grid of the input size.
 fn content_hash(model: &Model) -> Result<String, ModelError> {
+    hash_sources(model, model.head.as_ref().and_then(Head::grid).is_some())
+}
+
+/// sha256 over the fused layout version, the backbone's hash and every
+/// file of the model directory that the float graph is built from (the
+/// concept vectors and the head's weight files): what a calibration table
+/// belongs to, at any input size.
+pub fn source_hash(model: &Model) -> Result<String, ModelError> {
+    hash_sources(model, false)
+}
+
+/// [`source_hash`], with the input's patch grid hashed in when `with_grid`.
+fn hash_sources(model: &Model, with_grid: bool) -> Result<String, ModelError> {
     let mut hasher = Sha256::new();
     hasher.update(LAYOUT_VERSION.to_le_bytes());
     hasher.update(model.manifest.backbone.sha256.as_bytes());
-    if model.head.as_ref().and_then(Head::grid).is_some() {
+    if with_grid {
         let (rows, cols) = input_grid(model);
         hasher.update(format!("grid {rows}x{cols}").as_bytes());
     }

@@ -87,6 +87,10 @@ pub struct Manifest {
     /// Free text: how the model was made.
     #[serde(default)]
     pub description: String,
+    /// Precision of the inference graph; an int8 model keeps its
+    /// calibration table in `calibration.json` (written by `causeseg calibrate`).
+    #[serde(default, skip_serializing_if = "ModelPrecision::is_float")]
+    pub precision: ModelPrecision,
     /// The backbone network this model runs on.
     pub backbone: BackboneRef,
     /// Input size and normalisation.
@@ -97,6 +101,24 @@ pub struct Manifest {
     /// concepts (absent: the concepts act on the raw backbone features).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<HeadSpec>,
+}
+
+/// Precision of a model's inference graph (`precision` in `model.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelPrecision {
+    /// The float fused graph.
+    #[default]
+    Float,
+    /// The fused graph with int8 Q/DQ from the model's calibration table.
+    Int8,
+}
+
+impl ModelPrecision {
+    /// True for [`ModelPrecision::Float`] (the default, left out of `model.toml`).
+    pub fn is_float(&self) -> bool {
+        *self == ModelPrecision::Float
+    }
 }
 
 /// A backbone ONNX file in the backbone cache, pinned by hash.
@@ -166,6 +188,7 @@ impl Manifest {
             format_version: FORMAT_VERSION,
             name: name.into(),
             description,
+            precision: ModelPrecision::Float,
             backbone,
             input,
             concepts: ConceptSpec {
@@ -253,6 +276,7 @@ mod tests {
             format_version: FORMAT_VERSION,
             name: "toy".into(),
             description: String::new(),
+            precision: ModelPrecision::Float,
             backbone: BackboneRef { file: "b.onnx".into(), sha256: "00".into(), patch_size: 14, feature_dim: 384 },
             input: InputSpec {
                 width: 448,
@@ -298,6 +322,15 @@ mod tests {
         let text = sample().to_toml();
         assert!(text.contains("mean = [0.485, 0.456, 0.406]"), "{text}");
         assert!(text.contains("colors = [[1, 2, 3]]"), "{text}");
+    }
+
+    #[test]
+    fn precision_defaults_to_float_and_round_trips() {
+        assert!(!sample().to_toml().contains("precision"));
+        let int8 = Manifest { precision: ModelPrecision::Int8, ..sample() };
+        let text = int8.to_toml();
+        assert!(text.contains("precision = \"int8\""), "{text}");
+        assert_eq!(Manifest::parse(&text, Path::new("m.toml")).unwrap(), int8);
     }
 
     #[test]

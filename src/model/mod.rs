@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use ndarray::Array2;
 use ndarray_npy::ReadNpyExt;
 
+use crate::calibrate::{CalibrationTable, TABLE_FILE};
 use crate::head::{Head, HeadError};
 use crate::linalg::l2_normalize_rows;
 pub use manifest::Manifest;
@@ -84,6 +85,9 @@ pub struct Model {
     pub centroids: Array2<f32>,
     /// The trained head named by the manifest, if any.
     pub head: Option<Head>,
+    /// The calibration table of an int8 model (checked against this
+    /// model's float graph when loaded).
+    pub calibration: Option<CalibrationTable>,
 }
 
 impl Model {
@@ -147,7 +151,11 @@ impl Model {
         if centroids.dim() != expected {
             return Err(bad(format!("shape {:?}, expected {:?} (concepts x feature_dim)", centroids.dim(), expected)));
         }
-        Ok(Model { dir: dir.into(), manifest, centroids: l2_normalize_rows(centroids), head })
+        let mut model = Model { dir: dir.into(), manifest, centroids: l2_normalize_rows(centroids), head, calibration: None };
+        if model.manifest.precision == manifest::ModelPrecision::Int8 {
+            model.calibration = Some(CalibrationTable::load(&dir.join(TABLE_FILE), &fused::source_hash(&model)?)?);
+        }
+        Ok(model)
     }
 
     /// Number of concepts.

@@ -12,7 +12,7 @@ use super::preprocess::{Placement, PreprocessError, Preprocessor};
 use super::refine::{refined_labels, Refine};
 use crate::model::manifest::ResizePolicy;
 use crate::timing::{ms_since, StageTimes};
-use crate::engine::{self, Engine, EngineConfig, EngineError, EngineSpec};
+use crate::engine::{self, Engine, EngineConfig, EngineError, EngineSpec, Precision};
 use crate::model::backbone::{self, BackboneError};
 use crate::model::manifest::{BackboneRef, InputSpec};
 use crate::model::{fused, Model, ModelError};
@@ -118,11 +118,16 @@ pub struct Segmenter {
 impl Segmenter {
     /// Loads the backbone named by `model` (fetching it into `cache` if it is
     /// the default one and missing), builds the model's fused graph (cached
-    /// in `cache`) and loads that on the engine `engine` picks.
+    /// in `cache`; for an int8 model its QDQ graph, which TensorRT then
+    /// builds in int8) and loads that on the engine `engine` picks.
     pub fn new(model: Model, engine: &EngineConfig, cache: &Path) -> Result<Self, SegmentError> {
         let backbone = &model.manifest.backbone;
         let graph = fused::fused_graph(&model, &backbone::resolve(backbone, cache)?, cache)?;
-        let inference = PatchInference::load(graph, model.num_concepts(), backbone.patch_size, &model.manifest.input, engine)?;
+        let mut engine = engine.clone();
+        if model.calibration.is_some() {
+            engine.tensorrt.precision = Precision::Int8;
+        }
+        let inference = PatchInference::load(graph, model.num_concepts(), backbone.patch_size, &model.manifest.input, &engine)?;
         Ok(Segmenter { model, inference, refine: Refine::default() })
     }
 

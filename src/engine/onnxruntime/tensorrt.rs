@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use ort::ep::{self, ExecutionProviderDispatch};
 
 use crate::engine::gpu::Gpu;
-use crate::engine::TensorrtOptions;
+use crate::engine::{Precision, TensorrtOptions};
 use crate::model::backbone::sha256_file;
 
 /// The engine cache directory for `graph` on `gpu` with TensorRT
@@ -65,7 +65,8 @@ pub fn with_cache_recovery<T>(dir: &Path, mut create: impl FnMut() -> Result<T, 
 pub fn provider(options: &TensorrtOptions, dir: &Path) -> ExecutionProviderDispatch {
     let dir = dir.display().to_string();
     let mut tensorrt = ep::TensorRT::default()
-        .with_fp16(options.precision == crate::engine::Precision::Fp16)
+        .with_fp16(matches!(options.precision, Precision::Fp16 | Precision::Int8))
+        .with_int8(options.precision == Precision::Int8)
         .with_layer_norm_fp32_fallback(true)
         .with_engine_cache(true)
         .with_engine_cache_path(&dir)
@@ -83,7 +84,6 @@ pub fn provider(options: &TensorrtOptions, dir: &Path) -> ExecutionProviderDispa
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Precision;
 
     fn options(root: &Path) -> TensorrtOptions {
         TensorrtOptions { precision: Precision::Fp16, cache_dir: root.to_path_buf(), workspace_mib: None, dla_core: None }
