@@ -35,6 +35,7 @@
 
 pub mod calibrate;
 pub mod engine;
+pub mod errors;
 pub mod eval;
 pub mod head;
 pub mod linalg;

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     match cli::dispatch(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {}", cli::one_line(&error));
+            eprintln!("error: {}", causeseg::errors::one_line(&error));
             ExitCode::FAILURE
         }
     }

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     match causeseg::calibrate::command::run(cli.args, &cache) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {}", format!("{error:#}").replace('\n', " "));
+            eprintln!("error: {}", causeseg::errors::one_line(&error));
             ExitCode::FAILURE
         }
     }

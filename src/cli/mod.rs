@@ -139,22 +139,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// An error and its causes on one line ("outer: inner: root"), skipping
-/// causes whose text the outer message already contains.
-pub fn one_line(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&text);
-        }
-    }
-    line.replace('\n', " ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
