@@ -16,7 +16,8 @@ pub struct EngineSetupArgs {
     /// onnxruntime-gpu / onnxruntime wheel of python3].
     #[arg(long)]
     ort_lib: Option<PathBuf>,
-    /// TensorRT engine precision.
+    /// TensorRT engine precision for float models (an int8 model from
+    /// `calibrate` is always built in INT8).
     #[arg(long, value_enum, default_value_t = Precision::Fp16)]
     precision: Precision,
     /// TensorRT engine and timing cache directory [default: CACHE_DIR/trt].
@@ -107,7 +108,9 @@ fn build(args: BuildArgs, cache: &Path) -> anyhow::Result<()> {
     let model = super::load_model(args.model.as_deref(), args.size, cache)?;
     let input = model.manifest.input.clone();
     let name = model.manifest.name.clone();
-    let spinner = causeseg::progress::spinner(&format!("building the TensorRT engine of {name} at {}x{}, {} (minutes on first build)", input.width, input.height, config.tensorrt.precision.name()));
+    // An int8 model is built in INT8 whatever --precision says (Segmenter::new).
+    let precision = if model.calibration.is_some() { Precision::Int8 } else { config.tensorrt.precision };
+    let spinner = causeseg::progress::spinner(&format!("building the TensorRT engine of {name} at {}x{}, {} (minutes on first build)", input.width, input.height, precision.name()));
     let started = Instant::now();
     let segmenter = causeseg::Segmenter::new(model, &config, cache);
     spinner.finish_and_clear();
@@ -116,7 +119,7 @@ fn build(args: BuildArgs, cache: &Path) -> anyhow::Result<()> {
         "TensorRT engine of {name} at {}x{}, {}: ready in {:.1} s ({}), cached under {}",
         input.width,
         input.height,
-        config.tensorrt.precision.name(),
+        precision.name(),
         started.elapsed().as_secs_f64(),
         segmenter.inference_mut().backend(),
         config.tensorrt.cache_dir.display()
