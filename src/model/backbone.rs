@@ -246,7 +246,8 @@ const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// fuzzing: tract-onnx 0.23's LayerNormalization with an axis below -rank
 /// counts to 2^64) or panic, and an import must end with an error instead.
 /// A thread that runs past the limit is left behind (the command ends).
-fn describe_within(path: &Path, limit: std::time::Duration) -> Result<BackboneRef, BackboneError> {
+/// Public for the fuzz harness, which needs a limit below libFuzzer's.
+pub fn describe_within(path: &Path, limit: std::time::Duration) -> Result<BackboneRef, BackboneError> {
     const PROBE: u32 = 224;
     let probe_err = |reason: String| BackboneError::Probe { path: path.into(), reason };
     let (sender, receiver) = std::sync::mpsc::channel();

@@ -12,8 +12,8 @@ use super::uri::has_wildcard;
 use super::{FrameSource, SourceError, SourceFrame};
 use crate::timing::ms_since;
 
-/// The sample images of `examples/images` (public domain / CC0, see their
-/// README), embedded so that `--source auto` and `bench` work from an
+/// The sample images of `examples/images` (public domain, CC0,
+/// Apache-2.0; see their README), embedded so that `--source auto` and `bench` work from an
 /// installed binary.
 static SAMPLE_IMAGES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/examples/images");
 
