@@ -288,6 +288,7 @@ fn a_read_only_output_directory_stops_the_run_cleanly_without_partial_files() {
 
 /// The counts of the summary's line "frames: P processed, C captured, D
 /// dropped, X corrupt, R reopen(s) in …".
+#[cfg(feature = "gstreamer")]
 fn frame_counts(stdout: &str) -> [u64; 5] {
     let line = stdout.lines().find_map(|l| l.strip_prefix("frames: ")).unwrap_or_else(|| panic!("no frames line: {stdout}"));
     let counts: Vec<u64> = line.split(", ").take(5).map(|part| part.split(' ').next().unwrap().parse().unwrap()).collect();
@@ -295,10 +296,12 @@ fn frame_counts(stdout: &str) -> [u64; 5] {
 }
 
 /// The stats lines of a JSONL file (each must parse).
+#[cfg(feature = "gstreamer")]
 fn stats_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+#[cfg(feature = "gstreamer")]
 fn latency(line: &Value, stage: &str) -> f64 {
     line["latency_ms"][stage].as_f64().unwrap_or_else(|| panic!("no {stage} latency: {line}"))
 }

@@ -70,8 +70,9 @@ struct ModelArgs {
     #[command(flatten)]
     engine: engine::EngineArgs,
     /// How concept scores become labels: `guided` snaps boundaries to the
-    /// image's edges (a guided filter at output resolution), `none` is
-    /// plain bilinear upsampling.
+    /// image's edges (a guided filter at output resolution), `crf` runs
+    /// CAUSE's dense CRF (seconds per frame), `none` is plain bilinear
+    /// upsampling.
     #[arg(long, value_enum, default_value_t = Refine::Guided)]
     refine: Refine,
     /// Model input size WIDTHxHEIGHT, multiples of the patch size (a TR

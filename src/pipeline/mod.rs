@@ -1,6 +1,7 @@
 //! The per-frame pipeline: preprocess → engine → postprocess, timed, behind
 //! [`Segmenter`].
 
+pub mod crf;
 pub mod postprocess;
 pub mod preprocess;
 pub mod refine;

@@ -37,28 +37,55 @@ pub(super) fn sample_axis(out_len: u32, image_len: u32, scale: f32, offset: f32,
         .collect()
 }
 
+/// Bilinear sampling of per-patch scores at the pixels of an output map:
+/// the patch pairs and weights of every output row and column.
+pub(super) struct ScoreSampler<'a> {
+    scores: &'a [f32],
+    cols: usize,
+    /// Concepts per patch.
+    pub k: usize,
+    /// Per output column: left and right patch column, weight of the right.
+    pub xs: Vec<(usize, usize, f32)>,
+    /// Per output row: upper and lower patch row, weight of the lower.
+    pub ys: Vec<(usize, usize, f32)>,
+}
+
+impl<'a> ScoreSampler<'a> {
+    /// Sampling of `scores` (`[rows, cols, K]`, placed in the input as
+    /// `placement` says) at an `out_w` x `out_h` map of the source image.
+    pub fn new(scores: &'a Array3<f32>, placement: &Placement, patch: u32, out_w: u32, out_h: u32) -> Self {
+        let (rows, cols, k) = scores.dim();
+        let (iw, ih) = placement.image_size;
+        ScoreSampler {
+            scores: scores.as_slice().expect("standard layout"),
+            cols,
+            k,
+            xs: sample_axis(out_w, iw, placement.scale.0, placement.offset.0, patch, cols),
+            ys: sample_axis(out_h, ih, placement.scale.1, placement.offset.1, patch, rows),
+        }
+    }
+
+    /// Writes the `K` interpolated scores at output row `y`, column `x`.
+    pub fn sample(&self, (y0, y1, wy): (usize, usize, f32), (x0, x1, wx): (usize, usize, f32), out: &mut [f32]) {
+        let at = |r: usize, c: usize| &self.scores[(r * self.cols + c) * self.k..(r * self.cols + c + 1) * self.k];
+        let (a, b, c, d) = (at(y0, x0), at(y0, x1), at(y1, x0), at(y1, x1));
+        let (wa, wb, wc, wd) = ((1.0 - wy) * (1.0 - wx), (1.0 - wy) * wx, wy * (1.0 - wx), wy * wx);
+        for (i, v) in out.iter_mut().enumerate() {
+            *v = wa * a[i] + wb * b[i] + wc * c[i] + wd * d[i];
+        }
+    }
+}
+
 /// Upsamples per-patch `scores` bilinearly to an `out_w` x `out_h` map of the
 /// source image and takes the per-pixel argmax (concept id).
 pub fn upsample_argmax(scores: &Array3<f32>, placement: &Placement, patch: u32, out_w: u32, out_h: u32) -> GrayImage {
-    let (rows, cols, k) = scores.dim();
-    let (iw, ih) = placement.image_size;
-    let xs = sample_axis(out_w, iw, placement.scale.0, placement.offset.0, patch, cols);
-    let ys = sample_axis(out_h, ih, placement.scale.1, placement.offset.1, patch, rows);
-    let s = scores.as_slice().expect("standard layout");
-    let at = |r: usize, c: usize| &s[(r * cols + c) * k..(r * cols + c + 1) * k];
+    let sampler = ScoreSampler::new(scores, placement, patch, out_w, out_h);
     let mut labels = vec![0u8; (out_w * out_h) as usize];
-    labels.par_chunks_mut(out_w as usize).zip(ys.par_iter()).for_each(|(row, &(y0, y1, wy))| {
-        for (px, &(x0, x1, wx)) in row.iter_mut().zip(&xs) {
-            let (a, b, c, d) = (at(y0, x0), at(y0, x1), at(y1, x0), at(y1, x1));
-            let (wa, wb, wc, wd) = ((1.0 - wy) * (1.0 - wx), (1.0 - wy) * wx, wy * (1.0 - wx), wy * wx);
-            let mut best = (f32::NEG_INFINITY, 0u8);
-            for i in 0..k {
-                let v = wa * a[i] + wb * b[i] + wc * c[i] + wd * d[i];
-                if v > best.0 {
-                    best = (v, i as u8);
-                }
-            }
-            *px = best.1;
+    labels.par_chunks_mut(out_w as usize).zip(sampler.ys.par_iter()).for_each(|(row, &y)| {
+        let mut values = vec![0f32; sampler.k];
+        for (px, &x) in row.iter_mut().zip(&sampler.xs) {
+            sampler.sample(y, x, &mut values);
+            *px = crate::linalg::argmax(&values) as u8;
         }
     });
     GrayImage::from_raw(out_w, out_h, labels).expect("buffer sized to the image")
