@@ -209,7 +209,7 @@ mod tests {
             assert!(frame.image.width() > 0);
             names.push(frame.name.unwrap());
         }
-        assert_eq!(names, ["astronaut", "chelsea", "coffee", "rocket"]);
+        assert_eq!(names, ["astronaut", "chelsea", "coffee", "leuvenA", "leuvenB", "rocket"]);
     }
 
     #[test]
