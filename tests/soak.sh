@@ -13,8 +13,9 @@
 # (build one first: cargo build --release). Saved PNGs are deleted as the run
 # goes (the process never sees it) so that disk use stays small; the stats
 # file and the table are kept in $SOAK_DIR (default: a temporary directory).
-# Exits 1 when RSS grew by 5 % or more after warm-up, or when the fd or
-# thread count changed after warm-up.
+# Exits 1 when RSS grew by 5 % or more after warm-up, when the last three
+# fd counts all exceed the warm-up count (a leak; a file being written at a
+# sample shows once), or when the thread count changed after warm-up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,12 +71,18 @@ fi
 
 echo
 column -t "$table"
-awk -v elapsed="$elapsed" 'NR == 2 {rss0 = $3; fd0 = $4; th0 = $5}
-  NR > 2 {if ($3 > rssmax) rssmax = $3; if ($4 != fd0) fdchange = 1; if ($5 != th0) thchange = 1}
+# A leaked descriptor stays open; a PNG being written when a sample is taken
+# shows up in that sample only. So fds fail the soak when the last three
+# samples all exceed the warm-up count; threads must not change at all.
+awk -v elapsed="$elapsed" 'NR == 2 {rss0 = $3; fd0 = $4; th0 = $5; fdmin = $4; fdmax = $4}
+  NR > 2 {if ($3 > rssmax) rssmax = $3; if ($4 < fdmin) fdmin = $4; if ($4 > fdmax) fdmax = $4; if ($5 != th0) thchange = 1
+    last3 = last2; last2 = last1; last1 = $4}
   END {
-    if (NR < 3) { print "soak.sh: fewer than two samples"; exit 1 }
+    if (NR < 5) { print "soak.sh: fewer than four samples"; exit 1 }
     growth = (rssmax - rss0) / rss0 * 100
+    recent = last1; if (last2 < recent) recent = last2; if (last3 < recent) recent = last3
+    fdleak = recent > fd0
     printf "\n%d frames in %.0f s (%.1f fps); RSS after warm-up (%d frames) %.1f MiB, highest later %.1f MiB: %+.2f %%\n", $1, elapsed, $1 / elapsed, 500, rss0 / 1024, rssmax / 1024, growth
-    printf "fds %s, threads %s after warm-up\n", fdchange ? "CHANGED" : "flat (" fd0 ")", thchange ? "CHANGED" : "flat (" th0 ")"
-    exit (growth >= 5 || fdchange || thchange) ? 1 : 0
+    printf "fds %d after warm-up, %d-%d over the run, %d at the end: %s; threads %s\n", fd0, fdmin, fdmax, last1, fdleak ? "GROWN" : "no leak", thchange ? "CHANGED" : "flat (" th0 ")"
+    exit (growth >= 5 || fdleak || thchange) ? 1 : 0
   }' "$table"
