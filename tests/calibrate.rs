@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use causeseg::calibrate::{qdq, ActivationScale, CalibrationTable, Method, Settings};
-use causeseg::onnx::builder::{int, ints};
+use causeseg::onnx::builder::{int, ints, Builder};
 use causeseg::onnx::{float_value_info, pb, Dim};
 use common::{assert_clean_error, causeseg};
 use ndarray::{Array, Array2, Array3, ArrayD, Axis};
@@ -25,17 +25,6 @@ fn initializer(name: &str, values: &Array2<f32>) -> pb::TensorProto {
     }
 }
 
-fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<pb::AttributeProto>) -> pb::NodeProto {
-    pb::NodeProto {
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        name: output.into(),
-        op_type: op.into(),
-        attribute,
-        ..Default::default()
-    }
-}
-
 /// Deterministic values in [-scale, scale).
 fn values(shape: &[usize], seed: u32, scale: f32) -> ArrayD<f32> {
     let n: usize = shape.iter().product();
@@ -46,26 +35,26 @@ fn values(shape: &[usize], seed: u32, scale: f32) -> ArrayD<f32> {
 /// `x [1,4,8]`: `y = MatMul(Softmax(MatMul(x, w1)), w2)` and an attention
 /// product of two activations, `a = MatMul(x, Transpose(x))`.
 fn toy_graph(w1: &Array2<f32>, w2: &Array2<f32>) -> pb::ModelProto {
+    let mut graph = pb::GraphProto {
+        name: "toy".into(),
+        initializer: vec![initializer("w1", w1), initializer("w2", w2)],
+        input: vec![float_value_info("x", &[Dim::Value(1), Dim::Value(4), Dim::Value(8)])],
+        output: vec![
+            float_value_info("y", &[Dim::Value(1), Dim::Value(4), Dim::Value(5)]),
+            float_value_info("a", &[Dim::Value(1), Dim::Value(4), Dim::Value(4)]),
+        ],
+        ..Default::default()
+    };
+    let mut b = Builder { graph: &mut graph };
+    b.node_named("MatMul", "h", &["x", "w1"], vec![]);
+    b.node_named("Softmax", "s", &["h"], vec![int("axis", -1)]);
+    b.node_named("MatMul", "y", &["s", "w2"], vec![]);
+    b.node_named("Transpose", "x_t", &["x"], vec![ints("perm", &[0, 2, 1])]);
+    b.node_named("MatMul", "a", &["x", "x_t"], vec![]);
     pb::ModelProto {
         ir_version: 8,
         opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 14 }],
-        graph: Some(pb::GraphProto {
-            name: "toy".into(),
-            node: vec![
-                node("MatMul", &["x", "w1"], "h", vec![]),
-                node("Softmax", &["h"], "s", vec![int("axis", -1)]),
-                node("MatMul", &["s", "w2"], "y", vec![]),
-                node("Transpose", &["x"], "x_t", vec![ints("perm", &[0, 2, 1])]),
-                node("MatMul", &["x", "x_t"], "a", vec![]),
-            ],
-            initializer: vec![initializer("w1", w1), initializer("w2", w2)],
-            input: vec![float_value_info("x", &[Dim::Value(1), Dim::Value(4), Dim::Value(8)])],
-            output: vec![
-                float_value_info("y", &[Dim::Value(1), Dim::Value(4), Dim::Value(5)]),
-                float_value_info("a", &[Dim::Value(1), Dim::Value(4), Dim::Value(4)]),
-            ],
-            ..Default::default()
-        }),
+        graph: Some(graph),
         ..Default::default()
     }
 }
