@@ -166,6 +166,13 @@ mod trained {
         assert_eq!(rows, ["| kmeans", "| kmeans + flip", "| kmeans + self-train", "| kmeans + self-train + flip"], "{table}");
         let line: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&json).unwrap().lines().next().unwrap()).unwrap();
         assert_eq!(line["eval_size"], serde_json::json!([252, 182]), "{line}");
+        // The supervised reference is measured as it is: never self-trained.
+        let reference = [&base[..9], &["--size", "224x168", "--methods", "class-means", "--seeds", "0", "--hold-out", "0006R0", "--refine", "none"]].concat();
+        let output = causeseg(&reference);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let table = String::from_utf8_lossy(&output.stdout);
+        let rows: Vec<&str> = table.lines().skip(2).map(|l| l.split(" |").next().unwrap()).collect();
+        assert_eq!(rows, ["| class-means"], "{table}");
         let output = causeseg(&[&base[..], &["--eval-size", "100x100"]].concat());
         common::assert_clean_error(&output, "--eval-size 100x100 is not a multiple of the patch size 14");
         let output = causeseg(&[&base[..], &["--hold-out", "9999XX"]].concat());

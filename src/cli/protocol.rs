@@ -75,6 +75,9 @@ enum MethodArg {
     KmeansWhitened,
     /// CAUSE with the --head, --whiten, ... settings.
     Cause,
+    /// Supervised reference (reads the training drives' labels): the mean
+    /// token of every class, whitened to --whiten dimensions.
+    ClassMeans,
 }
 
 #[cfg(not(feature = "train"))]
@@ -105,6 +108,7 @@ pub fn run(args: ProtocolArgs, cache: &Path) -> anyhow::Result<()> {
             MethodArg::Kmeans => Method::Kmeans,
             MethodArg::KmeansWhitened => Method::KmeansWhitened,
             MethodArg::Cause => Method::Cause,
+            MethodArg::ClassMeans => Method::ClassMeans,
         })
         .collect();
     let mut json = match &args.json {

@@ -5,7 +5,7 @@
 //! without re-running the backbone per experiment. Labels are read here
 //! only; no training stage sees them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use image::GrayImage;
 use ndarray::{Array2, Array3};
@@ -43,11 +43,7 @@ impl LabelledFeatures {
         let mut labels = Vec::new();
         let mut sizes = Vec::new();
         for (image, label) in set.paths.iter().zip(label_paths) {
-            let truth = image::open(label).map_err(|e| TrainError::Invalid(format!("{}: {e}", label.display())))?;
-            if truth.color().channel_count() != 1 {
-                return Err(TrainError::Invalid(format!("{}: expected a single-channel class-id PNG", label.display())));
-            }
-            labels.push(truth.into_luma8());
+            labels.push(read_label(label)?);
             sizes.push(image::image_dimensions(image).map_err(|e| TrainError::Invalid(format!("{}: {e}", image.display())))?);
         }
         if let Some(f) = &flipped {
@@ -57,6 +53,15 @@ impl LabelledFeatures {
         }
         Ok(LabelledFeatures { set, flipped, labels, sizes, classes, ignore })
     }
+}
+
+/// A label map: a single-channel PNG of class ids.
+pub fn read_label(path: &Path) -> Result<GrayImage> {
+    let truth = image::open(path).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    if truth.color().channel_count() != 1 {
+        return Err(TrainError::Invalid(format!("{}: expected a single-channel class-id PNG", path.display())));
+    }
+    Ok(truth.into_luma8())
 }
 
 /// Per-patch features the probe is applied to.

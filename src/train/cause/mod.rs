@@ -19,7 +19,8 @@
 //! [`run`] runs the stages; [`fit`] is the whole `fit --method cause`
 //! (features, stages, optional measurement, the model directory).
 //! [`evaluate`] measures a trained head + probe on labelled images (labels
-//! are only read there, never by a training stage).
+//! are only read there and by the protocol's supervised [`reference`],
+//! never by a training stage).
 
 pub mod adam;
 pub mod contrastive;
@@ -30,6 +31,7 @@ pub mod head_training;
 pub mod modularity;
 pub mod probe;
 pub mod protocol;
+pub mod reference;
 pub mod run;
 pub mod self_training;
 pub mod whiten;

@@ -13,14 +13,16 @@ use std::time::Instant;
 use ndarray::Array2;
 use serde::Serialize;
 
-use super::evaluate::{evaluate, LabelledFeatures};
+use super::evaluate::{evaluate, read_label, LabelledFeatures};
 use super::fit::{train, FitOptions};
 use super::probe::kmeans_probe_of;
+use super::reference::{class_means_probe, patch_majority};
 use super::self_training::{self_train_model, SelfTrainOptions};
 use super::whiten::InputTransform;
 use super::{Result, TrainError};
 use crate::head::Head;
 use crate::model::manifest::InputSpec;
+use crate::pipeline::preprocess::Preprocessor;
 use crate::pipeline::refine::Refine;
 use crate::train::features::{FeatureSet, View};
 use crate::train::Extraction;
@@ -35,6 +37,10 @@ pub enum Method {
     KmeansWhitened,
     /// The CAUSE stages with the given settings.
     Cause,
+    /// A supervised reference, not a method to ship: the mean whitened
+    /// token of every class of the training drives' labels
+    /// ([`super::reference`]); what a perfect clustering could reach.
+    ClassMeans,
 }
 
 /// One fitted model measured on one held-out drive.
@@ -152,16 +158,34 @@ pub fn run_protocol(
         let labels: Vec<PathBuf> = test_set.paths.iter().map(label_of).collect();
         let data = LabelledFeatures::new(test_set, mirrored, &labels, classes, ignore)?;
         let flips: &[bool] = if *flip { &[false, true] } else { &[false] };
+        // Only the class-means reference reads the training drives' labels.
+        let training_majorities = || -> Result<Vec<Vec<Option<usize>>>> {
+            let (rows, cols, _) = train_set.geometry()?;
+            let preprocessor = Preprocessor::new(extraction.input.width, extraction.input.height, patch, extraction.input.mean, extraction.input.std, extraction.input.resize);
+            train_set
+                .paths
+                .iter()
+                .map(|image| {
+                    let truth = read_label(&label_of(image))?;
+                    let size = image::image_dimensions(image).map_err(|e| TrainError::Invalid(format!("{}: {e}", image.display())))?;
+                    Ok(patch_majority(&truth, &preprocessor.placement(size), patch, rows, cols, classes))
+                })
+                .collect()
+        };
         for &method in methods {
             for &seed in seeds {
                 let started = Instant::now();
                 let (head, probe): (Option<Head>, Array2<f32>) = match method {
                     Method::Kmeans => (None, kmeans_probe_of(options.stages.probe, &train_set, classes, seed)?),
-                    Method::KmeansWhitened => {
+                    Method::KmeansWhitened | Method::ClassMeans => {
                         let (transform, _) = InputTransform::fit(&train_set, options.whiten)?;
                         let mut whitened = subset(&train_set, &(0..train_set.len()).collect::<Vec<_>>());
                         transform.apply(&mut whitened);
-                        (Some(transform.as_head()), kmeans_probe_of(options.stages.probe, &whitened, classes, seed)?)
+                        let probe = match method {
+                            Method::ClassMeans => class_means_probe(&whitened, &training_majorities()?, classes),
+                            _ => kmeans_probe_of(options.stages.probe, &whitened, classes, seed)?,
+                        };
+                        (Some(transform.as_head()), probe)
                     }
                     Method::Cause => {
                         let mut set = subset(&train_set, &(0..train_set.len()).collect::<Vec<_>>());
@@ -175,7 +199,7 @@ pub fn run_protocol(
                     }
                 };
                 let mut probes = vec![(false, probe, started.elapsed().as_secs_f64())];
-                if let Some(options) = self_train {
+                if let Some(options) = self_train.as_ref().filter(|_| method != Method::ClassMeans) {
                     let (trained, _) = self_train_model(&train_set, head.as_ref(), &probes[0].1, &SelfTrainOptions { seed, ..*options })?;
                     probes.push((true, trained, started.elapsed().as_secs_f64()));
                 }
