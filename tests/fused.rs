@@ -157,43 +157,55 @@ fn fused_graph_agrees_with_the_candle_head() {
 #[cfg(feature = "ort")]
 #[test]
 fn onnxruntime_runs_the_fused_graph_like_tract() {
-    for size in [None, Some(OTHER_SIZE)] {
-        onnxruntime_agrees_with_tract(size);
-    }
-}
-
-#[cfg(feature = "ort")]
-fn onnxruntime_agrees_with_tract(size: Option<(u32, u32)>) {
-    if common::backbone().is_none() {
-        return;
-    }
-    let Some(images) = val_images() else { return };
     if std::env::var_os("ORT_DYLIB_PATH").is_none() {
         let message = "ORT_DYLIB_PATH is not set (tests/run.sh installs onnxruntime and sets it)";
         assert!(!common::strict(), "{message}");
         eprintln!("SKIPPED: {message}");
         return;
     }
+    for size in [None, Some(OTHER_SIZE)] {
+        agrees_with_tract(EngineChoice::OrtCpu, size);
+    }
+}
+
+/// rten runs the same fused file (pinned to the input size, re-encoded
+/// unpacked) to the same labels as tract, at the model's size and another.
+#[cfg(feature = "rten")]
+#[test]
+fn rten_runs_the_fused_graph_like_tract() {
+    for size in [None, Some(OTHER_SIZE)] {
+        agrees_with_tract(EngineChoice::Rten, size);
+    }
+}
+
+/// Scores of `choice` within a cosine of 0.9999 of tract's for every patch,
+/// and >= 99.9 % of pixel labels (upsampled, refined) the same, on 4 val images.
+#[cfg(any(feature = "ort", feature = "rten"))]
+fn agrees_with_tract(choice: EngineChoice, size: Option<(u32, u32)>) {
+    if common::backbone().is_none() {
+        return;
+    }
+    let Some(images) = val_images() else { return };
     let cache = common::cache_dir();
     let model = load_at(&default_cause_model(), size);
     let load = |choice| causeseg::Segmenter::new(model.clone(), &EngineConfig::new(choice, &cache), &cache).unwrap();
-    let (mut tract, mut ort) = (load(EngineChoice::Tract), load(EngineChoice::OrtCpu));
+    let (mut tract, mut other) = (load(EngineChoice::Tract), load(choice));
     let (mut same, mut total, mut max_abs, mut min_cosine) = (0usize, 0usize, 0f32, f32::INFINITY);
     for path in images.iter().take(4) {
         let image = decode_file(path).unwrap();
         let (a, ..) = tract.inference_mut().run(&image, "val").unwrap();
-        let (b, ..) = ort.inference_mut().run(&image, "val").unwrap();
+        let (b, ..) = other.inference_mut().run(&image, "val").unwrap();
         max_abs = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(max_abs, f32::max);
         for (x, y) in flat(a).rows().into_iter().zip(flat(b).rows()) {
             min_cosine = min_cosine.min(x.dot(&y) / (x.dot(&x).sqrt() * y.dot(&y).sqrt()));
         }
         // Pixel labels after upsampling and the guided refinement.
         let a = tract.segment(&image, "val", None).unwrap().labels;
-        let b = ort.segment(&image, "val", None).unwrap().labels;
+        let b = other.segment(&image, "val", None).unwrap().labels;
         same += a.pixels().zip(b.pixels()).filter(|(x, y)| x == y).count();
         total += a.len();
     }
-    eprintln!("onnxruntime vs tract on the fused graph at {size:?}: {same} of {total} pixel labels agree, max abs score diff {max_abs:.2e}, min score cosine {min_cosine:.6}");
+    eprintln!("{} vs tract on the fused graph at {size:?}: {same} of {total} pixel labels agree, max abs score diff {max_abs:.2e}, min score cosine {min_cosine:.6}", choice.name());
     assert!(same as f64 >= 0.999 * total as f64, "{same} of {total}");
     assert!(min_cosine >= 0.9999, "min score cosine {min_cosine}");
 }

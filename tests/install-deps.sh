@@ -12,7 +12,7 @@
 # It also sets FEATURES, the one feature set both commands build with
 # (feature ros2 needs no Debian package: its DDS is pure Rust).
 
-FEATURES=ort,camera,gstreamer,train,ros2
+FEATURES=ort,camera,gstreamer,train,ros2,rten
 APT_PACKAGES=(python3-pip libclang-dev pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good ${EXTRA_APT_PACKAGES[@]+"${EXTRA_APT_PACKAGES[@]}"})
 

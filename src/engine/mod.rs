@@ -3,13 +3,16 @@
 //! image tensor and return the output as a patch grid.
 //!
 //! Every engine implements [`Engine`]; tract (pure Rust, any CPU) is always
-//! built, ONNX Runtime (CPU/CUDA/TensorRT) with the `ort` feature.
+//! built, ONNX Runtime (CPU/CUDA/TensorRT) with the `ort` feature, rten
+//! (pure Rust, compared with tract) with the `rten` feature.
 //! [`load`] picks one from an [`EngineConfig`]; `auto` takes the best
 //! that loads here.
 
 pub mod gpu;
 #[cfg(feature = "ort")]
 pub mod onnxruntime;
+#[cfg(feature = "rten")]
+pub mod rten;
 pub mod tract;
 
 use std::path::{Path, PathBuf};
@@ -42,9 +45,9 @@ pub enum EngineError {
     /// Inference itself failed.
     #[error("inference failed: {0}")]
     Run(String),
-    /// The engine was left out of this build.
-    #[error("--engine {0} needs causeseg built with `--features ort` (e.g. cargo build --release --features ort), or use --engine tract")]
-    NotBuilt(String),
+    /// The engine was left out of this build: (engine, the feature it needs).
+    #[error("--engine {0} needs causeseg built with `--features {1}` (e.g. cargo build --release --features {1}), or use --engine tract")]
+    NotBuilt(String, &'static str),
     /// The engine is built in but cannot run here (no library, no provider, no GPU).
     #[error("--engine {engine}: {reason}")]
     Unavailable {
@@ -119,6 +122,8 @@ pub enum EngineChoice {
     OrtCpu,
     /// tract: pure Rust, any CPU, no system libraries.
     Tract,
+    /// rten: pure Rust, any CPU (feature `rten`).
+    Rten,
 }
 
 impl EngineChoice {
@@ -130,6 +135,7 @@ impl EngineChoice {
             EngineChoice::Cuda => "cuda",
             EngineChoice::OrtCpu => "ort-cpu",
             EngineChoice::Tract => "tract",
+            EngineChoice::Rten => "rten",
         }
     }
 
@@ -206,7 +212,10 @@ impl EngineConfig {
 /// Fails, before any model is loaded, when `choice` is not in this build.
 pub fn check_built(choice: EngineChoice) -> Result<(), EngineError> {
     if choice.is_onnxruntime() && !cfg!(feature = "ort") {
-        return Err(EngineError::NotBuilt(choice.name().into()));
+        return Err(EngineError::NotBuilt(choice.name().into(), "ort"));
+    }
+    if choice == EngineChoice::Rten && !cfg!(feature = "rten") {
+        return Err(EngineError::NotBuilt(choice.name().into(), "rten"));
     }
     Ok(())
 }
@@ -220,6 +229,7 @@ pub fn load(config: &EngineConfig, spec: &EngineSpec) -> Result<Box<dyn Engine>,
     check_built(config.choice)?;
     match config.choice {
         EngineChoice::Tract => Ok(Box::new(tract::TractEngine::load(spec)?)),
+        EngineChoice::Rten => load_rten(spec),
         EngineChoice::Auto => {
             if !cfg!(feature = "ort") {
                 log::info!("--engine auto: tensorrt and cuda need causeseg built with `--features ort`; using tract");
@@ -238,6 +248,16 @@ pub fn load(config: &EngineConfig, spec: &EngineSpec) -> Result<Box<dyn Engine>,
     }
 }
 
+#[cfg(feature = "rten")]
+fn load_rten(spec: &EngineSpec) -> Result<Box<dyn Engine>, EngineError> {
+    Ok(Box::new(rten::RtenEngine::load(spec)?))
+}
+
+#[cfg(not(feature = "rten"))]
+fn load_rten(_: &EngineSpec) -> Result<Box<dyn Engine>, EngineError> {
+    Err(EngineError::NotBuilt(EngineChoice::Rten.name().into(), "rten"))
+}
+
 #[cfg(feature = "ort")]
 fn load_onnxruntime(choice: EngineChoice, config: &EngineConfig, spec: &EngineSpec) -> Result<Box<dyn Engine>, EngineError> {
     Ok(Box::new(onnxruntime::OrtEngine::load(spec, choice, config)?))
@@ -245,7 +265,7 @@ fn load_onnxruntime(choice: EngineChoice, config: &EngineConfig, spec: &EngineSp
 
 #[cfg(not(feature = "ort"))]
 fn load_onnxruntime(choice: EngineChoice, _: &EngineConfig, _: &EngineSpec) -> Result<Box<dyn Engine>, EngineError> {
-    Err(EngineError::NotBuilt(choice.name().into()))
+    Err(EngineError::NotBuilt(choice.name().into(), "ort"))
 }
 
 #[cfg(test)]
@@ -261,15 +281,20 @@ mod tests {
             Ok(()) => assert!(built),
             Err(e) => assert!(e.to_string().starts_with("--engine ort-cpu needs causeseg built with `--features ort`"), "{e}"),
         }
-        let message = EngineError::NotBuilt("tensorrt".into()).to_string();
+        let message = EngineError::NotBuilt("tensorrt".into(), "ort").to_string();
         assert!(message.starts_with("--engine tensorrt needs causeseg built with `--features ort`"), "{message}");
+        let rten_built = cfg!(feature = "rten");
+        match check_built(EngineChoice::Rten) {
+            Ok(()) => assert!(rten_built),
+            Err(e) => assert!(e.to_string().starts_with("--engine rten needs causeseg built with `--features rten`"), "{e}"),
+        }
     }
 
     #[test]
     fn auto_tries_gpu_engines_best_first_and_every_choice_has_its_command_line_name() {
         assert_eq!(AUTO_ORDER, [EngineChoice::Tensorrt, EngineChoice::Cuda]);
-        let names: Vec<_> = [EngineChoice::Auto, EngineChoice::Tensorrt, EngineChoice::Cuda, EngineChoice::OrtCpu, EngineChoice::Tract].map(EngineChoice::name).into();
-        assert_eq!(names, ["auto", "tensorrt", "cuda", "ort-cpu", "tract"]);
+        let names: Vec<_> = [EngineChoice::Auto, EngineChoice::Tensorrt, EngineChoice::Cuda, EngineChoice::OrtCpu, EngineChoice::Tract, EngineChoice::Rten].map(EngineChoice::name).into();
+        assert_eq!(names, ["auto", "tensorrt", "cuda", "ort-cpu", "tract", "rten"]);
         assert!(!EngineChoice::Auto.is_onnxruntime() && !EngineChoice::Tract.is_onnxruntime());
         assert_eq!(EngineConfig::new(EngineChoice::Auto, Path::new("/c")).tensorrt.cache_dir, Path::new("/c/trt"));
     }

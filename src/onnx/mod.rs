@@ -8,6 +8,7 @@
 //! prost.
 
 pub mod builder;
+pub mod unpacked;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
