@@ -191,3 +191,18 @@ fn bench_json_is_one_object_with_every_stage_per_engine_and_the_profile() {
     let profile = report["profile"].as_array().unwrap();
     assert!(profile.iter().any(|op| op["op"].as_str().unwrap().contains("MatMul")), "{report}");
 }
+
+#[cfg(feature = "rten")]
+#[test]
+fn bench_profile_with_rten_adds_rten_s_own_table_but_keeps_json_to_one_object() {
+    if common::backbone().is_none() {
+        return;
+    }
+    let args = ["bench", "--frames", "1", "--warmup", "0", "--size", "224x224", "--engine", "rten", "--profile"];
+    let stdout = ok(&causeseg(&args));
+    let table = stdout.split("rten's own profile of the fused graph, one frame:").nth(1).unwrap_or_else(|| panic!("no rten profile: {stdout}"));
+    assert!(table.contains("ops evaluated in") && table.contains("MatMul") && table.contains("Softmax"), "{table}");
+    let stdout = ok(&causeseg(&[&args[..], &["--json"]].concat()));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("exactly one JSON object on stdout");
+    assert_eq!(report["engines"][0]["name"], "rten");
+}

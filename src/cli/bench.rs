@@ -42,7 +42,8 @@ pub struct BenchArgs {
     refine: Refine,
     /// Also time every operation of the fused graph in tract over the
     /// timed frames and print where the inference time goes, per kind of
-    /// operation.
+    /// operation; with rten among the engines, also rten's own
+    /// per-operation table of one frame (not in --json).
     #[arg(long)]
     profile: bool,
     /// Print exactly one JSON object on stdout instead of the table.
@@ -112,6 +113,14 @@ pub fn run(args: BenchArgs, cache: &Path) -> anyhow::Result<()> {
     } else {
         report.print();
     }
+    #[cfg(feature = "rten")]
+    if args.profile && args.engine.contains(&EngineChoice::Rten) {
+        if args.json {
+            log::warn!("--profile --json: rten's own profile is a table rten prints itself, left out of the JSON");
+        } else {
+            print_rten_profile(&spec, input, args.warmup, open_images()?)?;
+        }
+    }
     Ok(())
 }
 
@@ -179,12 +188,10 @@ impl Report {
 /// averaged over `frames` frames after `warmup`, longest first.
 fn profile(spec: &EngineSpec, input: &InputSpec, warmup: usize, frames: usize, mut images: ImageFiles) -> anyhow::Result<Vec<OpTime>> {
     let mut engine = TractEngine::load(spec)?;
-    let mut preprocessor = Preprocessor::new(input.width, input.height, spec.patch_size, input.mean, input.std, input.resize);
+    let mut preprocessor = preprocessor(spec, input);
     let mut totals: Vec<OpTime> = Vec::new();
     for i in 0..warmup + frames {
-        let frame = images.next_frame()?.expect("a looping source never ends");
-        let (tensor, _) = preprocessor.run(&frame.image, "frame")?;
-        let profile = engine.profile(tensor)?;
+        let profile = engine.profile(next_tensor(&mut images, &mut preprocessor)?)?;
         if i < warmup {
             continue;
         }
@@ -200,4 +207,30 @@ fn profile(spec: &EngineSpec, input: &InputSpec, warmup: usize, frames: usize, m
     }
     totals.sort_by(|a, b| b.ms.total_cmp(&a.ms));
     Ok(totals)
+}
+
+/// rten's own per-operation report of one frame after `warmup` frames,
+/// which rten prints itself (its format, to stdout).
+#[cfg(feature = "rten")]
+fn print_rten_profile(spec: &EngineSpec, input: &InputSpec, warmup: usize, mut images: ImageFiles) -> anyhow::Result<()> {
+    use causeseg::engine::Engine;
+    let mut engine = causeseg::engine::rten::RtenEngine::load(spec)?;
+    let mut preprocessor = preprocessor(spec, input);
+    for _ in 0..warmup {
+        engine.run(next_tensor(&mut images, &mut preprocessor)?)?;
+    }
+    println!("rten's own profile of the fused graph, one frame:");
+    engine.print_profile(next_tensor(&mut images, &mut preprocessor)?)?;
+    Ok(())
+}
+
+/// The run-time preprocessing of `spec`'s graph.
+fn preprocessor(spec: &EngineSpec, input: &InputSpec) -> Preprocessor {
+    Preprocessor::new(input.width, input.height, spec.patch_size, input.mean, input.std, input.resize)
+}
+
+/// The next frame of `images`, preprocessed into the engine's input.
+fn next_tensor(images: &mut ImageFiles, preprocessor: &mut Preprocessor) -> anyhow::Result<ndarray::Array4<f32>> {
+    let frame = images.next_frame()?.expect("a looping source never ends");
+    Ok(preprocessor.run(&frame.image, "frame")?.0)
 }

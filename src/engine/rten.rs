@@ -8,7 +8,7 @@
 //! once and it goes in as a constant.
 
 use ndarray::{Array3, Array4};
-use rten::Model;
+use rten::{Model, RunOptions};
 use tract_onnx::prelude::{Datum, Framework, InferenceFact, InferenceModelExt, OutletId, TractResult};
 use tract_onnx::tract_hir::infer::Factoid;
 use rten_tensor::prelude::*;
@@ -36,6 +36,22 @@ impl RtenEngine {
         fold_cubic_resizes(&mut graph, spec).map_err(|e| load_err(format!("cannot fold its cubic Resize for rten: {e:#}")))?;
         let model = Model::load(encode_unpacked(&graph)).map_err(|e| load_err(e.to_string()))?;
         Ok(RtenEngine { spec: spec.clone(), model })
+    }
+
+    /// Runs the graph once with rten's own timing on: rten prints its
+    /// per-operation table (its format, to stdout) when the run ends.
+    /// `bench --profile` uses it to show where rten's time goes.
+    pub fn print_profile(&mut self, input: Array4<f32>) -> Result<(), EngineError> {
+        self.run_with(input, Some(RunOptions::default().with_timing(true))).map(drop)
+    }
+
+    fn run_with(&mut self, input: Array4<f32>, options: Option<RunOptions>) -> Result<Array3<f32>, EngineError> {
+        let shape: [usize; 4] = input.dim().into();
+        let data = input.as_standard_layout().iter().copied().collect::<Vec<f32>>();
+        let tensor = NdTensor::from_data(shape, data);
+        let output = self.model.run_one(tensor.view().into(), options).map_err(|e| EngineError::Run(e.to_string()))?;
+        let output: Tensor<f32> = output.try_into().map_err(|e: rten::TryFromValueError| EngineError::Run(e.to_string()))?;
+        self.spec.to_grid(output.shape(), output.to_vec())
     }
 }
 
@@ -72,11 +88,6 @@ impl Engine for RtenEngine {
     }
 
     fn run(&mut self, input: Array4<f32>) -> Result<Array3<f32>, EngineError> {
-        let shape: [usize; 4] = input.dim().into();
-        let data = input.as_standard_layout().iter().copied().collect::<Vec<f32>>();
-        let tensor = NdTensor::from_data(shape, data);
-        let output = self.model.run_one(tensor.view().into(), None).map_err(|e| EngineError::Run(e.to_string()))?;
-        let output: Tensor<f32> = output.try_into().map_err(|e: rten::TryFromValueError| EngineError::Run(e.to_string()))?;
-        self.spec.to_grid(output.shape(), output.to_vec())
+        self.run_with(input, None)
     }
 }
