@@ -8,7 +8,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use causeseg::calibrate::{qdq, ActivationScale, CalibrationTable, Method, Settings};
+use causeseg::calibrate::{integer, qdq, ActivationScale, CalibrationTable, Method, Settings};
 use causeseg::onnx::builder::{int, ints, Builder};
 use causeseg::onnx::{float_value_info, pb, Dim};
 use common::{assert_clean_error, causeseg};
@@ -138,6 +138,36 @@ fn qdq_graph_computes_fake_quant_arithmetic() {
     assert!(change > 1e-3, "int8 output equals float: {change}");
 }
 
+/// The integer form: the weight product x·w1 becomes MatMulInteger on the
+/// QDQ graph's own int8 tensors and gives the same numbers as the QDQ
+/// graph (and as fake-quant arithmetic); the product of two activations
+/// gets its float inputs back, and no Q/DQ pair is left.
+#[test]
+fn the_integer_form_agrees_with_the_qdq_form() {
+    let w1 = values(&[8, 6], 1, 1.5).into_dimensionality().unwrap();
+    let w2 = values(&[6, 5], 2, 0.7).into_dimensionality().unwrap();
+    let x: Array3<f32> = values(&[1, 4, 8], 3, 2.0).into_dimensionality().unwrap();
+    let model = toy_graph(&w1, &w2);
+    let amax_x = 1.6f32;
+    let quantized = qdq::quantize(&model, &table(&[("x", amax_x), ("x_t", 1.9)], vec![])).unwrap();
+    let (integer, products) = integer::integer_form(&quantized);
+    assert_eq!(products, 1, "only x·w1 is a weight product behind Q/DQ");
+    let ops: Vec<&str> = integer.graph.as_ref().unwrap().node.iter().map(|n| n.op_type.as_str()).collect();
+    assert_eq!(ops.iter().filter(|&&op| op == "MatMulInteger").count(), 1, "{ops:?}");
+    assert!(!ops.contains(&"DequantizeLinear"), "{ops:?}");
+    assert_eq!(ops.iter().filter(|&&op| op == "QuantizeLinear").count(), 1, "only x is quantized: {ops:?}");
+
+    let qdq_out = run_tract(&quantized, &x);
+    let out = run_tract(&integer, &x);
+    assert_close(&out[0], &qdq_out[0], "y, integer form vs QDQ");
+    let x2: Array2<f32> = x.index_axis(Axis(0), 0).to_owned();
+    let xq = fake_quant(&x2.clone().into_dyn(), amax_x / 127.0).into_dimensionality::<ndarray::Ix2>().unwrap();
+    let y = softmax_rows(&xq.dot(&fake_quant_columns(&w1))).dot(&w2);
+    assert_close(&out[0], &y.insert_axis(Axis(0)).into_dyn(), "y, integer form vs fake quantization");
+    let a = x2.dot(&x2.t());
+    assert_close(&out[1], &a.insert_axis(Axis(0)).into_dyn(), "a, the activation product, in float");
+}
+
 #[test]
 fn excluded_nodes_stay_float_and_excluding_all_is_an_error() {
     let w = values(&[8, 6], 1, 1.0).into_dimensionality().unwrap();
@@ -223,6 +253,11 @@ fn the_default_model_qdq_graph_follows_the_rules() {
             assert!(!i.ends_with("/dq"), "{} ({}) reads a dequantized tensor", n.name, n.op_type);
         }
     }
+    // Its integer form: every quantized MatMul weight runs as MatMulInteger
+    // (all but the patch Conv's).
+    let (integer, products) = integer::integer_form(&quantized);
+    assert_eq!(products, weights - 1, "every MatMul weight product is rewritten");
+    assert!(!integer.graph.as_ref().unwrap().node.iter().any(|n| n.op_type == "DequantizeLinear"));
 }
 
 fn write_garbage_images(dir: &Path, names: &[&str]) {
@@ -325,6 +360,18 @@ fn an_int8_model_directory_end_to_end() {
     let labels = dir.path().join("labels");
     let seg = causeseg(&["segment", "--engine", "tract", "--model", out.to_str().unwrap(), "--out", labels.to_str().unwrap(), sample.to_str().unwrap()]);
     assert!(seg.status.success(), "{}", String::from_utf8_lossy(&seg.stderr));
+    let int8_model = causeseg::Model::load(&out).unwrap();
+    let backbone = common::backbone().unwrap();
+    let spec = causeseg::model::fused::engine_spec(&int8_model, &backbone, &common::cache_dir()).unwrap();
+    let integer_form = spec.integer_form.expect("an int8 model has an integer form");
+    assert!(causeseg::onnx::read_model(&integer_form).unwrap().graph.unwrap().node.iter().any(|n| n.op_type == "MatMulInteger"));
+    // bench compares the float model and its int8 calibration side by side.
+    let models = format!("{},{}", default_model(), out.display());
+    let bench = causeseg(&["bench", "--model", &models, "--engine", "tract", "--frames", "1", "--warmup", "0", "--size", "224x224", "--json"]);
+    assert!(bench.status.success(), "{}", String::from_utf8_lossy(&bench.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&bench.stdout).expect("one JSON object");
+    let compared: Vec<&str> = report["engines"].as_array().unwrap().iter().map(|e| e["model"].as_str().unwrap()).collect();
+    assert_eq!(compared, ["camvid-cause float", "camvid-cause int8"]);
 
     // Another model's concepts: the table no longer matches.
     let centroids = out.join("centroids.npy");

@@ -67,8 +67,8 @@ fn agreement(model_dir: &Path, head: &HeadFn<'_>, size: Option<(u32, u32)>) -> O
     let input = &model.manifest.input;
     let reference = &model.manifest.backbone;
     let mut plain = PatchInference::backbone(reference, input, &EngineConfig::new(EngineChoice::Tract, &cache), &cache).unwrap();
-    let graph = fused::fused_graph(&model, &backbone::resolve(reference, &cache).unwrap(), &cache).unwrap();
-    let mut fused = PatchInference::load(graph, model.num_concepts(), reference.patch_size, input, &EngineConfig::new(EngineChoice::Tract, &cache)).unwrap();
+    let spec = fused::engine_spec(&model, &backbone::resolve(reference, &cache).unwrap(), &cache).unwrap();
+    let mut fused = PatchInference::load(spec, input, &EngineConfig::new(EngineChoice::Tract, &cache)).unwrap();
     let (mut same, mut total) = (0usize, 0usize);
     for path in &images {
         let image = decode_file(path).unwrap();

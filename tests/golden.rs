@@ -37,7 +37,7 @@ fn compare(ours: &Array3<f32>, golden: &Array3<f32>) -> (f32, f32) {
 }
 
 fn engine(backbone: &Path, case: &Case) -> TractEngine {
-    let spec = EngineSpec { path: backbone.into(), width: case.width, height: case.height, patch_size: 14, channels: 384 };
+    let spec = EngineSpec { path: backbone.into(), integer_form: None, width: case.width, height: case.height, patch_size: 14, channels: 384 };
     TractEngine::load(&spec).unwrap()
 }
 

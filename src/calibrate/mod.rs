@@ -2,13 +2,15 @@
 //! model's float fused graph in tract over calibration images, preprocessed
 //! exactly as at run time, record the inputs of every MatMul/Gemm/Conv
 //! ([`stats`]), choose one scale per activation tensor ([`table`]), and
-//! build the QDQ graph from the float graph and that table ([`qdq`]). An
-//! int8 model directory stores only the table: its graph is rebuilt into
-//! the cache like the float fused graph (`model::fused`). [`report`]
+//! build the QDQ graph from the float graph and that table ([`qdq`]), and
+//! from that the integer form tract runs ([`integer`]). An int8 model
+//! directory stores only the table: its graphs are rebuilt into the cache
+//! like the float fused graph (`model::fused`). [`report`]
 //! measures the int8 graph against the float one.
 
 #[cfg(feature = "cli")]
 pub mod command;
+pub mod integer;
 pub mod probe;
 pub mod qdq;
 pub mod report;

@@ -230,7 +230,7 @@ fn quantize_weight(tensor: &pb::TensorProto, axis: Option<usize>) -> (Vec<i8>, V
 }
 
 /// The values of a float32 initializer (raw or typed storage).
-fn float_values(tensor: &pb::TensorProto) -> Vec<f32> {
+pub(crate) fn float_values(tensor: &pb::TensorProto) -> Vec<f32> {
     if tensor.raw_data.is_empty() {
         tensor.float_data.clone()
     } else {

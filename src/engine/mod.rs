@@ -63,6 +63,9 @@ pub enum EngineError {
 pub struct EngineSpec {
     /// The ONNX file.
     pub path: PathBuf,
+    /// For an int8 model, its integer form (`calibrate::integer`), which
+    /// tract runs instead of the QDQ graph at `path`.
+    pub integer_form: Option<PathBuf>,
     /// Input width in pixels.
     pub width: u32,
     /// Input height in pixels.

@@ -20,7 +20,8 @@ use ndarray::Array2;
 use sha2::{Digest, Sha256};
 
 use super::{Model, ModelError};
-use crate::calibrate::{qdq, TABLE_FILE};
+use crate::calibrate::{integer, qdq, TABLE_FILE};
+use crate::engine::EngineSpec;
 use crate::head::Head;
 use crate::onnx::builder::{int, Builder};
 use crate::onnx::{self, float_value_info, int64_value_info, pb, Dim, OnnxError};
@@ -56,6 +57,34 @@ pub fn fused_graph(model: &Model, backbone: &Path, cache: &Path) -> Result<PathB
     export(model, backbone, &path)?;
     log::info!("built the fused graph {}", path.display());
     Ok(path)
+}
+
+/// What an engine is asked to run for `model` on the backbone file
+/// `backbone`: its fused graph (built into `cache` if needed, see
+/// [`fused_graph`]) and, for an int8 model, the integer form of that graph
+/// (see [`integer_graph`]), at the model's input size.
+pub fn engine_spec(model: &Model, backbone: &Path, cache: &Path) -> Result<EngineSpec, ModelError> {
+    let path = fused_graph(model, backbone, cache)?;
+    let integer_form = integer_graph(model, &path)?;
+    let input = &model.manifest.input;
+    Ok(EngineSpec { path, integer_form, width: input.width, height: input.height, patch_size: model.manifest.backbone.patch_size, channels: model.num_concepts() })
+}
+
+/// For an int8 model, the integer form (`calibrate::integer`) of its QDQ
+/// graph `qdq_graph` (as [`fused_graph`] returned it): read from beside it
+/// (`<qdq name>.integer.onnx`) when built before, else built from it and
+/// stored there. None for a float model.
+pub fn integer_graph(model: &Model, qdq_graph: &Path) -> Result<Option<PathBuf>, ModelError> {
+    if model.calibration.is_none() {
+        return Ok(None);
+    }
+    let path = qdq_graph.with_extension("integer.onnx");
+    if !path.is_file() {
+        let (graph, products) = integer::integer_form(&onnx::read_model(qdq_graph)?);
+        onnx::write_model(&graph, &path)?;
+        log::info!("built the integer form {} ({products} int8 weight products)", path.display());
+    }
+    Ok(Some(path))
 }
 
 /// The model's head for the patch grid of its input size (a TR head's

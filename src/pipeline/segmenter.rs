@@ -2,7 +2,7 @@
 //! concept label map, and [`PatchInference`], its preprocessing + engine
 //! half, which training also uses on the bare backbone.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use image::{GrayImage, RgbImage};
@@ -48,16 +48,17 @@ impl PatchInference {
     /// Resolves (fetching if needed) and loads the bare backbone for `input`.
     pub fn backbone(reference: &BackboneRef, input: &InputSpec, engine: &EngineConfig, cache: &Path) -> Result<Self, SegmentError> {
         let path = backbone::resolve(reference, cache)?;
-        Self::load(path, reference.feature_dim, reference.patch_size, input, engine)
+        let spec = EngineSpec { path, integer_form: None, width: input.width, height: input.height, patch_size: reference.patch_size, channels: reference.feature_dim };
+        Self::load(spec, input, engine)
     }
 
     /// Loads any graph that maps the image tensor to a `[1, tokens, channels]`
-    /// per-patch output (a backbone, or a fused graph's concept scores).
-    pub fn load(path: PathBuf, channels: usize, patch_size: u32, input: &InputSpec, engine: &EngineConfig) -> Result<Self, SegmentError> {
-        let spec = EngineSpec { path, width: input.width, height: input.height, patch_size, channels };
+    /// per-patch output (a backbone, or a fused graph's concept scores),
+    /// preprocessing images as `input` says.
+    pub fn load(spec: EngineSpec, input: &InputSpec, engine: &EngineConfig) -> Result<Self, SegmentError> {
         let engine = engine::load(engine, &spec)?;
-        let preprocessor = Preprocessor::new(input.width, input.height, patch_size, input.mean, input.std, input.resize);
-        Ok(PatchInference { engine, preprocessor, patch_size })
+        let preprocessor = Preprocessor::new(input.width, input.height, spec.patch_size, input.mean, input.std, input.resize);
+        Ok(PatchInference { engine, preprocessor, patch_size: spec.patch_size })
     }
 
     /// Overrides the resize policy of the manifest.
@@ -119,15 +120,16 @@ impl Segmenter {
     /// Loads the backbone named by `model` (fetching it into `cache` if it is
     /// the default one and missing), builds the model's fused graph (cached
     /// in `cache`; for an int8 model its QDQ graph, which TensorRT then
-    /// builds in int8) and loads that on the engine `engine` picks.
+    /// builds in int8, and its integer form, which tract runs) and loads
+    /// that on the engine `engine` picks.
     pub fn new(model: Model, engine: &EngineConfig, cache: &Path) -> Result<Self, SegmentError> {
         let backbone = &model.manifest.backbone;
-        let graph = fused::fused_graph(&model, &backbone::resolve(backbone, cache)?, cache)?;
+        let spec = fused::engine_spec(&model, &backbone::resolve(backbone, cache)?, cache)?;
         let mut engine = engine.clone();
         if model.calibration.is_some() {
             engine.tensorrt.precision = Precision::Int8;
         }
-        let inference = PatchInference::load(graph, model.num_concepts(), backbone.patch_size, &model.manifest.input, &engine)?;
+        let inference = PatchInference::load(spec, &model.manifest.input, &engine)?;
         Ok(Segmenter { model, inference, refine: Refine::default() })
     }
 

@@ -27,14 +27,16 @@ pub(crate) fn enable_multithreading() {
 }
 
 impl TractEngine {
-    /// Loads, types and optimises the graph for `spec`'s input size.
+    /// Loads, types and optimises the graph for `spec`'s input size (an
+    /// int8 model's integer form when `spec` has one).
     pub fn load(spec: &EngineSpec) -> Result<Self, EngineError> {
         enable_multithreading();
-        let path = spec.path.display().to_string();
+        let graph = spec.integer_form.as_ref().unwrap_or(&spec.path);
+        let path = graph.display().to_string();
         let load_err = |e: TractError| EngineError::Load { path: path.clone(), reason: format!("{e:#}") };
         let fact = f32::fact([1, 3, spec.height as usize, spec.width as usize]);
         let model = tract_onnx::onnx()
-            .model_for_path(&spec.path)
+            .model_for_path(graph)
             .and_then(|m| m.with_input_fact(0, fact.into()))
             .and_then(|m| m.into_optimized())
             .map_err(load_err)?;
