@@ -10,6 +10,8 @@ use tract_onnx::tract_core::plan::eval;
 
 use super::{Engine, EngineError, EngineSpec};
 
+mod quantize;
+
 /// The graph as an optimised tract plan plus its reusable state.
 pub struct TractEngine {
     spec: EngineSpec,
@@ -28,18 +30,22 @@ pub(crate) fn enable_multithreading() {
 
 impl TractEngine {
     /// Loads, types and optimises the graph for `spec`'s input size (an
-    /// int8 model's integer form when `spec` has one).
+    /// int8 model's integer form when `spec` has one, its activation
+    /// quantization vectorised: [`quantize`]).
     pub fn load(spec: &EngineSpec) -> Result<Self, EngineError> {
         enable_multithreading();
         let graph = spec.integer_form.as_ref().unwrap_or(&spec.path);
         let path = graph.display().to_string();
         let load_err = |e: TractError| EngineError::Load { path: path.clone(), reason: format!("{e:#}") };
         let fact = f32::fact([1, 3, spec.height as usize, spec.width as usize]);
-        let model = tract_onnx::onnx()
+        let mut model = tract_onnx::onnx()
             .model_for_path(graph)
             .and_then(|m| m.with_input_fact(0, fact.into()))
-            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_typed())
+            .and_then(|m| m.into_decluttered())
             .map_err(load_err)?;
+        quantize::vectorise(&mut model);
+        model.optimize().map_err(load_err)?;
         let plan = model.into_runnable().map_err(load_err)?;
         let state = plan.spawn().map_err(load_err)?;
         Ok(TractEngine { spec: spec.clone(), state })
