@@ -58,12 +58,8 @@ pub fn integer_form(qdq: &pb::ModelProto) -> (pb::ModelProto, usize) {
         }
         b.graph.node.push(node);
     }
-    drop_unused(graph_of(&mut model));
+    drop_unused(b.graph);
     (model, rewritten)
-}
-
-fn graph_of(model: &mut pb::ModelProto) -> &mut pb::GraphProto {
-    model.graph.as_mut().expect("read_model checks the graph")
 }
 
 /// What a weight product needs: the int8 activation and weight tensors and
