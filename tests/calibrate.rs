@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use causeseg::calibrate::{integer, qdq, ActivationScale, CalibrationTable, Method, Settings};
@@ -185,14 +185,7 @@ fn excluded_nodes_stay_float_and_excluding_all_is_an_error() {
 /// TensorRT's explicit-quantization rules and the ones tract needs.
 fn check_qdq_rules(model: &pb::ModelProto) -> usize {
     let g = model.graph.as_ref().unwrap();
-    let init: HashMap<&str, &pb::TensorProto> = g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
-    let producer: HashMap<&str, &pb::NodeProto> = g.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n))).collect();
-    let mut consumers: HashMap<&str, Vec<&pb::NodeProto>> = HashMap::new();
-    for n in &g.node {
-        for i in &n.input {
-            consumers.entry(i.as_str()).or_default().push(n);
-        }
-    }
+    let causeseg::onnx::GraphIndex { initializers: init, producers: producer, readers: consumers } = causeseg::onnx::GraphIndex::new(g);
     let int8 = pb::tensor_proto::DataType::Int8 as i32;
     let mut weights = 0;
     for n in g.node.iter().filter(|n| n.op_type == "QuantizeLinear" || n.op_type == "DequantizeLinear") {
@@ -363,8 +356,8 @@ fn an_int8_model_directory_end_to_end() {
     let int8_model = causeseg::Model::load(&out).unwrap();
     let backbone = common::backbone().unwrap();
     let spec = causeseg::model::fused::engine_spec(&int8_model, &backbone, &common::cache_dir()).unwrap();
-    let integer_form = spec.integer_form.expect("an int8 model has an integer form");
-    assert!(causeseg::onnx::read_model(&integer_form).unwrap().graph.unwrap().node.iter().any(|n| n.op_type == "MatMulInteger"));
+    let tract_graph = spec.tract_graph.expect("tract runs its own form");
+    assert!(causeseg::onnx::read_model(&tract_graph).unwrap().graph.unwrap().node.iter().any(|n| n.op_type == "MatMulInteger"));
     // bench compares the float model and its int8 calibration side by side.
     let models = format!("{},{}", default_model(), out.display());
     let bench = causeseg(&["bench", "--model", &models, "--engine", "tract", "--frames", "1", "--warmup", "0", "--size", "224x224", "--json"]);

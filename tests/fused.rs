@@ -152,6 +152,44 @@ fn fused_graph_agrees_with_the_candle_head() {
     }
 }
 
+/// tract's form of the fused graph (LayerNorms folded into the weights,
+/// `onnx::layer_norm`) gives the scores of the fused graph itself within
+/// 1e-3 and the same patch labels, at the model's size and another.
+#[test]
+fn tracts_form_runs_like_the_fused_graph() {
+    if common::backbone().is_none() {
+        return;
+    }
+    let Some(images) = val_images() else { return };
+    let cache = common::cache_dir();
+    for size in [None, Some(OTHER_SIZE)] {
+        let model = load_at(&default_cause_model(), size);
+        let input = &model.manifest.input;
+        let spec = fused::engine_spec(&model, &backbone::resolve(&model.manifest.backbone, &cache).unwrap(), &cache).unwrap();
+        let tract_form = spec.tract_graph.clone().expect("tract runs its own form");
+        // Both LayerNorms of each of the 12 blocks fold (the backbone's last,
+        // read by the token slice, does not), and nothing is left to fold.
+        let folds = |path: &Path| causeseg::onnx::layer_norm::fold_layer_norms(&causeseg::onnx::read_model(path).unwrap()).1;
+        assert_eq!((folds(&spec.path), folds(&tract_form)), (24, 0));
+        let engine = EngineConfig::new(EngineChoice::Tract, &cache);
+        let mut folded = PatchInference::load(spec.clone(), input, &engine).unwrap();
+        let mut plain = PatchInference::load(causeseg::engine::EngineSpec { tract_graph: None, ..spec }, input, &engine).unwrap();
+        let (mut same, mut total, mut max_abs) = (0usize, 0usize, 0f32);
+        for path in images.iter().take(4) {
+            let image = decode_file(path).unwrap();
+            let (a, ..) = plain.run(&image, "val").unwrap();
+            let (b, ..) = folded.run(&image, "val").unwrap();
+            max_abs = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(max_abs, f32::max);
+            let (a, b) = (argmax_rows(&flat(a)), argmax_rows(&flat(b)));
+            same += a.iter().zip(&b).filter(|(x, y)| x == y).count();
+            total += a.len();
+        }
+        eprintln!("tract's form vs the fused graph at {size:?}: {same} of {total} patch labels agree, max abs score diff {max_abs:.2e}");
+        assert!(same as f64 >= 0.999 * total as f64, "{same} of {total}");
+        assert!(max_abs <= 1e-3, "max abs score diff {max_abs}");
+    }
+}
+
 /// ONNX Runtime runs the same fused file to the same labels as tract, at
 /// the model's size and at another one.
 #[cfg(feature = "ort")]

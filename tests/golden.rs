@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use causeseg::engine::{tract::TractEngine, Engine, EngineSpec};
 use causeseg::model::manifest::{IMAGENET_MEAN, IMAGENET_STD};
@@ -36,22 +36,29 @@ fn compare(ours: &Array3<f32>, golden: &Array3<f32>) -> (f32, f32) {
     (max_abs, min_cos)
 }
 
-fn engine(backbone: &Path, case: &Case) -> TractEngine {
-    let spec = EngineSpec { path: backbone.into(), integer_form: None, width: case.width, height: case.height, patch_size: 14, channels: 384 };
+/// tract on the backbone file, or on `tract_graph` (tract's form of it)
+/// when given.
+fn engine(backbone: &Path, tract_graph: Option<PathBuf>, case: &Case) -> TractEngine {
+    let spec = EngineSpec { path: backbone.into(), tract_graph, width: case.width, height: case.height, patch_size: 14, channels: 384 };
     TractEngine::load(&spec).unwrap()
 }
 
 #[test]
 fn tract_backbone_matches_golden_features() {
     let (Some(backbone), Some(reference)) = (common::backbone(), common::require(common::shared_dir().join("reference"), "../shared/reference")) else { return };
-    for case in &CASES {
-        let input: Array4<f32> = read_npy(reference.join(format!("{}_input_{}x{}.npy", case.name, case.width, case.height))).unwrap();
-        let golden: Array3<f32> = read_npy(reference.join(format!("{}_features_{}x{}.npy", case.name, case.width, case.height))).unwrap();
-        let ours = engine(&backbone, case).run(input).unwrap();
-        let (max_abs, min_cos) = compare(&ours, &golden);
-        eprintln!("{}: max abs diff {max_abs:.2e}, min token cosine {min_cos:.6}", case.name);
-        assert!(max_abs <= 1e-3, "{}: max abs diff {max_abs}", case.name);
-        assert!(min_cos >= 0.9999, "{}: min cosine {min_cos}", case.name);
+    // The backbone file itself, and tract's form of it (LayerNorms folded
+    // into the weights), which training runs to extract features.
+    let tract_form = causeseg::model::fused::tract_graph(&backbone, false).unwrap();
+    for form in [None, Some(tract_form)] {
+        for case in &CASES {
+            let input: Array4<f32> = read_npy(reference.join(format!("{}_input_{}x{}.npy", case.name, case.width, case.height))).unwrap();
+            let golden: Array3<f32> = read_npy(reference.join(format!("{}_features_{}x{}.npy", case.name, case.width, case.height))).unwrap();
+            let ours = engine(&backbone, form.clone(), case).run(input).unwrap();
+            let (max_abs, min_cos) = compare(&ours, &golden);
+            eprintln!("{} ({form:?}): max abs diff {max_abs:.2e}, min token cosine {min_cos:.6}", case.name);
+            assert!(max_abs <= 1e-3, "{}: max abs diff {max_abs}", case.name);
+            assert!(min_cos >= 0.9999, "{}: min cosine {min_cos}", case.name);
+        }
     }
 }
 
@@ -64,7 +71,7 @@ fn own_preprocessing_keeps_features_close_to_golden() {
         let image = decode_file(&shared.join(case.source)).unwrap();
         let mut pre = Preprocessor::new(case.width, case.height, 14, IMAGENET_MEAN, IMAGENET_STD, ResizePolicy::Stretch);
         let (tensor, _) = pre.run(&image, case.source).unwrap();
-        let ours = engine(&backbone, case).run(tensor).unwrap();
+        let ours = engine(&backbone, None, case).run(tensor).unwrap();
         let (_, min_cos) = compare(&ours, &golden);
         eprintln!("{}: own resize, min token cosine {min_cos:.5}", case.name);
         assert!(min_cos >= 0.99, "{}: min cosine {min_cos}", case.name);

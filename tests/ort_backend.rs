@@ -27,7 +27,7 @@ fn onnxruntime_cpu_matches_tract_and_golden() {
         eprintln!("SKIPPED: {message}");
         return;
     }
-    let spec = EngineSpec { path: backbone, integer_form: None, width: 448, height: 336, patch_size: 14, channels: 384 };
+    let spec = EngineSpec { path: backbone, tract_graph: None, width: 448, height: 336, patch_size: 14, channels: 384 };
     let input: Array4<f32> = read_npy(reference.join("camvid_val_0016E5_07959_input_448x336.npy")).unwrap();
     let golden: Array3<f32> = read_npy(reference.join("camvid_val_0016E5_07959_features_448x336.npy")).unwrap();
 
@@ -51,7 +51,7 @@ fn asking_for_tensorrt_without_a_gpu_is_an_error_not_a_silent_cpu_run() {
         assert!(!common::strict(), "ORT_DYLIB_PATH is not set");
         return;
     }
-    let spec = EngineSpec { path: backbone, integer_form: None, width: 224, height: 224, patch_size: 14, channels: 384 };
+    let spec = EngineSpec { path: backbone, tract_graph: None, width: 224, height: 224, patch_size: 14, channels: 384 };
     let trt_cache = tempfile::tempdir().unwrap();
     let mut config = EngineConfig::new(EngineChoice::Tensorrt, &common::cache_dir());
     config.tensorrt.cache_dir = trt_cache.path().join("trt");

@@ -10,7 +10,7 @@ use ndarray::Array4;
 #[test]
 fn flops_match_the_vit_arithmetic_and_the_profile_covers_the_run() {
     let Some(backbone) = common::backbone() else { return };
-    let spec = EngineSpec { path: backbone, integer_form: None, width: 224, height: 224, patch_size: 14, channels: 384 };
+    let spec = EngineSpec { path: backbone, tract_graph: None, width: 224, height: 224, patch_size: 14, channels: 384 };
     let mut engine = TractEngine::load(&spec).unwrap();
     // DINOv2 ViT-S/14 at 224x224: 256 patches + the class token, width 384,
     // 12 blocks of attention (q, k, v, projection; scores and weighted sum)

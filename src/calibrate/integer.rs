@@ -12,11 +12,10 @@
 //! the dequantised weight. Those products stay float because rescaling
 //! their large outputs costs tract more than the int8 product saves.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
-use super::qdq::float_values;
 use crate::onnx::builder::{int, Builder};
-use crate::onnx::pb;
+use crate::onnx::{drop_unused, float_values, pb};
 
 /// `qdq` with its weight products as `MatMulInteger` and the rest of its
 /// Q/DQ pairs removed, and how many products were rewritten (0: `qdq` has
@@ -110,20 +109,4 @@ fn dequantized_weight(b: &mut Builder, dq: &pb::NodeProto, initializers: &HashMa
         int8 * ndarray::ArrayD::from_shape_vec(shape, scales).expect("one scale per channel")
     };
     b.initializer(&format!("{}/dequantized", dq.input[0]), values.view())
-}
-
-/// Removes nodes whose outputs nothing reads and initializers no node reads.
-fn drop_unused(graph: &mut pb::GraphProto) {
-    loop {
-        let read: HashSet<&str> = graph.node.iter().flat_map(|n| n.input.iter()).chain(graph.output.iter().map(|o| &o.name)).map(String::as_str).collect();
-        let unread: Vec<usize> = (0..graph.node.len()).filter(|&i| graph.node[i].output.iter().all(|o| !read.contains(o.as_str()))).collect();
-        if unread.is_empty() {
-            break;
-        }
-        for i in unread.into_iter().rev() {
-            graph.node.remove(i);
-        }
-    }
-    let read: HashSet<String> = graph.node.iter().flat_map(|n| n.input.iter().cloned()).collect();
-    graph.initializer.retain(|t| read.contains(&t.name));
 }

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::table::CalibrationTable;
 use crate::onnx::builder::int;
-use crate::onnx::pb;
+use crate::onnx::{float_values, pb};
 
 /// Node types whose inputs are quantized.
 pub const QUANTIZED_OPS: [&str; 3] = ["MatMul", "Gemm", "Conv"];
@@ -227,15 +227,6 @@ fn quantize_weight(tensor: &pb::TensorProto, axis: Option<usize>) -> (Vec<i8>, V
     let scales: Vec<f32> = amax.iter().map(|&a| if a > 0.0 { a / 127.0 } else { 1.0 }).collect();
     let q = values.iter().enumerate().map(|(i, v)| (v / scales[channel_of(i)]).round_ties_even().clamp(-127.0, 127.0) as i8).collect();
     (q, scales, tensor.dims.clone())
-}
-
-/// The values of a float32 initializer (raw or typed storage).
-pub(crate) fn float_values(tensor: &pb::TensorProto) -> Vec<f32> {
-    if tensor.raw_data.is_empty() {
-        tensor.float_data.clone()
-    } else {
-        tensor.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-    }
 }
 
 fn float_tensor(name: &str, dims: &[i64], values: &[f32]) -> pb::TensorProto {

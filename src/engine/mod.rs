@@ -63,9 +63,10 @@ pub enum EngineError {
 pub struct EngineSpec {
     /// The ONNX file.
     pub path: PathBuf,
-    /// For an int8 model, its integer form (`calibrate::integer`), which
-    /// tract runs instead of the QDQ graph at `path`.
-    pub integer_form: Option<PathBuf>,
+    /// The same graph in the form tract runs fastest, which tract loads
+    /// instead of `path` (`model::fused::tract_graph`): LayerNorms folded
+    /// into the products, and for an int8 model the integer form.
+    pub tract_graph: Option<PathBuf>,
     /// Input width in pixels.
     pub width: u32,
     /// Input height in pixels.

@@ -24,11 +24,14 @@ use crate::calibrate::{integer, qdq, TABLE_FILE};
 use crate::engine::EngineSpec;
 use crate::head::Head;
 use crate::onnx::builder::{int, Builder};
-use crate::onnx::{self, float_value_info, int64_value_info, pb, Dim, OnnxError};
+use crate::onnx::{self, float_value_info, int64_value_info, layer_norm, pb, Dim, OnnxError};
 
 /// Version of the fused graph's layout; part of the cache key of built
 /// graphs, so a change here never reuses a graph built by older code.
 pub const LAYOUT_VERSION: u32 = 1;
+/// Version of tract's form of the fused graph ([`tract_graph`]), part of
+/// its file name, so a change to the rewrites never reuses an older file.
+pub const TRACT_FORM_VERSION: u32 = 1;
 /// Name of the fused graph's per-patch score output `[N, T, K]`.
 pub const SCORES_OUTPUT: &str = "concept_scores";
 /// Name of the fused graph's per-patch argmax output, int64 `[N, T]`.
@@ -61,30 +64,35 @@ pub fn fused_graph(model: &Model, backbone: &Path, cache: &Path) -> Result<PathB
 
 /// What an engine is asked to run for `model` on the backbone file
 /// `backbone`: its fused graph (built into `cache` if needed, see
-/// [`fused_graph`]) and, for an int8 model, the integer form of that graph
-/// (see [`integer_graph`]), at the model's input size.
+/// [`fused_graph`]) and the same graph in tract's form (see
+/// [`tract_graph`]), at the model's input size.
 pub fn engine_spec(model: &Model, backbone: &Path, cache: &Path) -> Result<EngineSpec, ModelError> {
     let path = fused_graph(model, backbone, cache)?;
-    let integer_form = integer_graph(model, &path)?;
+    let tract_graph = Some(tract_graph(&path, model.calibration.is_some())?);
     let input = &model.manifest.input;
-    Ok(EngineSpec { path, integer_form, width: input.width, height: input.height, patch_size: model.manifest.backbone.patch_size, channels: model.num_concepts() })
+    Ok(EngineSpec { path, tract_graph, width: input.width, height: input.height, patch_size: model.manifest.backbone.patch_size, channels: model.num_concepts() })
 }
 
-/// For an int8 model, the integer form (`calibrate::integer`) of its QDQ
-/// graph `qdq_graph` (as [`fused_graph`] returned it): read from beside it
-/// (`<qdq name>.integer.onnx`) when built before, else built from it and
-/// stored there. None for a float model.
-pub fn integer_graph(model: &Model, qdq_graph: &Path) -> Result<Option<PathBuf>, ModelError> {
-    if model.calibration.is_none() {
-        return Ok(None);
-    }
-    let path = qdq_graph.with_extension("integer.onnx");
+/// The graph at `graph` (a fused graph as [`fused_graph`] returned it, or
+/// a bare backbone) in the form tract runs fastest, with the same outputs:
+/// an `int8` QDQ graph as its integer form (`calibrate::integer`), and
+/// LayerNorms folded into the products that read them
+/// (`onnx::layer_norm`). Read from beside `graph`
+/// (`<name>.tract<version>.onnx`) when built before, else built and stored
+/// there.
+pub fn tract_graph(graph: &Path, int8: bool) -> Result<PathBuf, ModelError> {
+    let path = graph.with_extension(format!("tract{TRACT_FORM_VERSION}.onnx"));
     if !path.is_file() {
-        let (graph, products) = integer::integer_form(&onnx::read_model(qdq_graph)?);
-        onnx::write_model(&graph, &path)?;
-        log::info!("built the integer form {} ({products} int8 weight products)", path.display());
+        let mut form = onnx::read_model(graph)?;
+        let mut products = 0;
+        if int8 {
+            (form, products) = integer::integer_form(&form);
+        }
+        let (form, layer_norms) = layer_norm::fold_layer_norms(&form);
+        onnx::write_model(&form, &path)?;
+        log::info!("built tract's form {} ({products} int8 weight products, {layer_norms} LayerNorms folded)", path.display());
     }
-    Ok(Some(path))
+    Ok(path)
 }
 
 /// The model's head for the patch grid of its input size (a TR head's

@@ -8,6 +8,7 @@
 //! prost.
 
 pub mod builder;
+pub mod layer_norm;
 pub mod unpacked;
 
 use std::collections::{HashMap, HashSet};
@@ -160,6 +161,76 @@ pub fn extract_backbone(
         metadata_props: vec![],
         ..model.clone()
     })
+}
+
+/// Lookups over a graph, for matching node patterns: its initializers, the
+/// node producing each tensor and the nodes reading it, by name.
+pub struct GraphIndex<'a> {
+    /// Initializers by name.
+    pub initializers: HashMap<&'a str, &'a pb::TensorProto>,
+    /// The node producing each tensor.
+    pub producers: HashMap<&'a str, &'a pb::NodeProto>,
+    /// The nodes reading each tensor.
+    pub readers: HashMap<&'a str, Vec<&'a pb::NodeProto>>,
+}
+
+impl<'a> GraphIndex<'a> {
+    /// Indexes `graph`.
+    pub fn new(graph: &'a pb::GraphProto) -> Self {
+        let mut readers: HashMap<&str, Vec<&pb::NodeProto>> = HashMap::new();
+        for node in &graph.node {
+            for input in &node.input {
+                readers.entry(input.as_str()).or_default().push(node);
+            }
+        }
+        GraphIndex {
+            initializers: graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect(),
+            producers: graph.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n))).collect(),
+            readers,
+        }
+    }
+
+    /// The node producing `tensor` when it is an `op` node.
+    pub fn producer(&self, tensor: &str, op: &str) -> Option<&'a pb::NodeProto> {
+        self.producers.get(tensor).copied().filter(|n| n.op_type == op)
+    }
+
+    /// The float values of `tensor` when it is a float initializer or a
+    /// `Constant` node's float output.
+    pub fn constant(&self, tensor: &str) -> Option<Vec<f32>> {
+        let float = pb::tensor_proto::DataType::Float as i32;
+        if let Some(t) = self.initializers.get(tensor) {
+            return (t.data_type == float).then(|| float_values(t));
+        }
+        let node = self.producer(tensor, "Constant")?;
+        let value = node.attribute.iter().find(|a| a.name == "value")?.t.as_ref()?;
+        (value.data_type == float).then(|| float_values(value))
+    }
+}
+
+/// The values of a float32 tensor, stored raw or as `float_data`.
+pub fn float_values(tensor: &pb::TensorProto) -> Vec<f32> {
+    if tensor.raw_data.is_empty() {
+        tensor.float_data.clone()
+    } else {
+        tensor.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    }
+}
+
+/// Removes nodes whose outputs nothing reads and initializers no node reads.
+pub fn drop_unused(graph: &mut pb::GraphProto) {
+    loop {
+        let read: HashSet<&str> = graph.node.iter().flat_map(|n| n.input.iter()).chain(graph.output.iter().map(|o| &o.name)).map(String::as_str).collect();
+        let unread: Vec<usize> = (0..graph.node.len()).filter(|&i| graph.node[i].output.iter().all(|o| !read.contains(o.as_str()))).collect();
+        if unread.is_empty() {
+            break;
+        }
+        for i in unread.into_iter().rev() {
+            graph.node.remove(i);
+        }
+    }
+    let read: HashSet<String> = graph.node.iter().flat_map(|n| n.input.iter().cloned()).collect();
+    graph.initializer.retain(|t| read.contains(&t.name));
 }
 
 /// One dimension of a declared tensor shape.

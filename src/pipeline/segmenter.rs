@@ -45,10 +45,12 @@ pub struct PatchInference {
 }
 
 impl PatchInference {
-    /// Resolves (fetching if needed) and loads the bare backbone for `input`.
+    /// Resolves (fetching if needed) and loads the bare backbone for `input`
+    /// (tract runs its form, built beside it: `fused::tract_graph`).
     pub fn backbone(reference: &BackboneRef, input: &InputSpec, engine: &EngineConfig, cache: &Path) -> Result<Self, SegmentError> {
         let path = backbone::resolve(reference, cache)?;
-        let spec = EngineSpec { path, integer_form: None, width: input.width, height: input.height, patch_size: reference.patch_size, channels: reference.feature_dim };
+        let tract_graph = Some(fused::tract_graph(&path, false)?);
+        let spec = EngineSpec { path, tract_graph, width: input.width, height: input.height, patch_size: reference.patch_size, channels: reference.feature_dim };
         Self::load(spec, input, engine)
     }
 

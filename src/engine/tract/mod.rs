@@ -29,12 +29,12 @@ pub(crate) fn enable_multithreading() {
 }
 
 impl TractEngine {
-    /// Loads, types and optimises the graph for `spec`'s input size (an
-    /// int8 model's integer form when `spec` has one, its activation
-    /// quantization vectorised: [`quantize`]).
+    /// Loads, types and optimises the graph for `spec`'s input size (its
+    /// tract form when `spec` has one; activation quantization vectorised:
+    /// [`quantize`]).
     pub fn load(spec: &EngineSpec) -> Result<Self, EngineError> {
         enable_multithreading();
-        let graph = spec.integer_form.as_ref().unwrap_or(&spec.path);
+        let graph = spec.tract_graph.as_ref().unwrap_or(&spec.path);
         let path = graph.display().to_string();
         let load_err = |e: TractError| EngineError::Load { path: path.clone(), reason: format!("{e:#}") };
         let fact = f32::fact([1, 3, spec.height as usize, spec.width as usize]);
