@@ -251,6 +251,10 @@ fn the_default_model_qdq_graph_follows_the_rules() {
     let (integer, products) = integer::integer_form(&quantized);
     assert_eq!(products, weights - 1, "every MatMul weight product is rewritten");
     assert!(!integer.graph.as_ref().unwrap().node.iter().any(|n| n.op_type == "DequantizeLinear"));
+    // tract's form: both LayerNorms of each of the 12 blocks run fused with
+    // the quantization of their output.
+    let (_, fused) = causeseg::onnx::layer_norm::fuse_quantize(&integer);
+    assert_eq!(fused, 24);
 }
 
 fn write_garbage_images(dir: &Path, names: &[&str]) {
@@ -357,7 +361,9 @@ fn an_int8_model_directory_end_to_end() {
     let backbone = common::backbone().unwrap();
     let spec = causeseg::model::fused::engine_spec(&int8_model, &backbone, &common::cache_dir()).unwrap();
     let tract_graph = spec.tract_graph.expect("tract runs its own form");
-    assert!(causeseg::onnx::read_model(&tract_graph).unwrap().graph.unwrap().node.iter().any(|n| n.op_type == "MatMulInteger"));
+    let ops: Vec<String> = causeseg::onnx::read_model(&tract_graph).unwrap().graph.unwrap().node.into_iter().map(|n| n.op_type).collect();
+    assert!(ops.iter().any(|op| op == "MatMulInteger"));
+    assert!(ops.iter().any(|op| op == causeseg::onnx::layer_norm::LAYER_NORM_QUANTIZE));
     // bench compares the float model and its int8 calibration side by side.
     let models = format!("{},{}", default_model(), out.display());
     let bench = causeseg(&["bench", "--model", &models, "--engine", "tract", "--frames", "1", "--warmup", "0", "--size", "224x224", "--json"]);

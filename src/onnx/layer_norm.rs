@@ -74,6 +74,64 @@ pub fn fold_layer_norms(model: &pb::ModelProto) -> (pb::ModelProto, usize) {
     (model, folds.len())
 }
 
+/// Op type of a LayerNorm fused with the int8 quantization of its output
+/// (domain [`CAUSESEG_DOMAIN`]): inputs `x`, `gamma`, `beta`, `y_scale`,
+/// attribute `epsilon`. Only tract reads it (`engine::tract`).
+pub const LAYER_NORM_QUANTIZE: &str = "LayerNormQuantizeLinear";
+/// The ONNX domain of causeseg's own ops.
+pub const CAUSESEG_DOMAIN: &str = "ai.causeseg";
+
+/// `model` (an int8 integer form) with every LayerNorm read only by one
+/// zero-point-0 int8 `QuantizeLinear` replaced, with that quantization, by
+/// one [`LAYER_NORM_QUANTIZE`] node; and how many were.
+pub fn fuse_quantize(model: &pb::ModelProto) -> (pb::ModelProto, usize) {
+    let mut model = model.clone();
+    let graph = model.graph.as_mut().expect("read_model checks the graph");
+    let fusions = quantized(graph);
+    if fusions.is_empty() {
+        return (model, 0);
+    }
+    let old_nodes = std::mem::take(&mut graph.node);
+    let mut b = Builder { graph };
+    for node in old_nodes {
+        let Some((ln, scale)) = node.output.first().and_then(|out| fusions.get(out)) else {
+            b.graph.node.push(node);
+            continue;
+        };
+        let out = &node.output[0];
+        let gamma = b.initializer(&format!("{out}/gamma"), ln.gamma.mapv(|v| v as f32).view().into_dyn());
+        let beta = b.initializer(&format!("{out}/beta"), ln.beta.mapv(|v| v as f32).view().into_dyn());
+        let epsilon = pb::AttributeProto { name: "epsilon".into(), f: ln.epsilon, r#type: pb::attribute_proto::AttributeType::Float as i32, ..Default::default() };
+        b.node_named(LAYER_NORM_QUANTIZE, out, &[&ln.x, &gamma, &beta, scale], vec![epsilon]);
+        b.graph.node.last_mut().expect("just pushed").domain = CAUSESEG_DOMAIN.into();
+    }
+    drop_unused(b.graph);
+    model.opset_import.push(pb::OperatorSetIdProto { domain: CAUSESEG_DOMAIN.into(), version: 1 });
+    (model, fusions.len())
+}
+
+/// The LayerNorms of `graph` whose only reader is an int8 `QuantizeLinear`
+/// with a scalar scale and zero point 0, by that node's output: the
+/// LayerNorm and the scale's name.
+fn quantized(graph: &pb::GraphProto) -> HashMap<String, (LayerNorm, String)> {
+    let index = GraphIndex::new(graph);
+    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    let int8 = pb::tensor_proto::DataType::Int8 as i32;
+    let mut fusions = HashMap::new();
+    for node in &graph.node {
+        let Some(ln) = layer_norm(&index, node) else { continue };
+        let out = node.output[0].as_str();
+        let Some([q]) = index.readers.get(out).map(Vec::as_slice) else { continue };
+        let scalar_scale = q.input.get(1).and_then(|s| index.constant(s)).is_some_and(|s| s.len() == 1);
+        // Without a zero point QuantizeLinear gives uint8.
+        let int8_zero = q.input.get(2).and_then(|z| index.initializers.get(z.as_str())).is_some_and(|t| t.data_type == int8 && t.raw_data.iter().all(|&v| v == 0) && t.int32_data.iter().all(|&v| v == 0));
+        if q.op_type == "QuantizeLinear" && q.input[0] == out && scalar_scale && int8_zero && !outputs.contains(out) {
+            fusions.insert(q.output[0].clone(), (ln, q.input[1].clone()));
+        }
+    }
+    fusions
+}
+
 /// The LayerNorms of `graph` that fold, by output name: every reader a
 /// `MatMul` with the LayerNorm as left operand and a `[D, N]` float
 /// initializer as right one, and not a graph output.
@@ -177,17 +235,17 @@ fn folded_weight(ln: &LayerNorm, weight: &Array2<f64>) -> (Array2<f32>, Array1<f
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::onnx::builder::ints;
     use crate::onnx::{float_value_info, Dim};
     use ndarray::{array, Array3, ArrayD};
     use tract_onnx::prelude::*;
 
-    /// `x [1, 4, 3]` → a LayerNorm decomposed as the DINOv2 export writes
-    /// it (ε from a Constant node) → two products with weights and a bias;
-    /// `ln` also a graph output when `ln_is_output`.
-    fn graph(ln_is_output: bool) -> pb::ModelProto {
+    /// A graph on `x [1, 4, 3]`: a LayerNorm decomposed as the DINOv2
+    /// export writes it (ε from a Constant node; output `ln`), then what
+    /// `readers` appends; `outputs` are the graph's float outputs and shapes.
+    pub(crate) fn layer_norm_graph(readers: impl FnOnce(&mut Builder), outputs: &[(&str, &[i64])]) -> pb::ModelProto {
         let epsilon = pb::AttributeProto {
             name: "value".into(),
             t: Some(pb::TensorProto { data_type: pb::tensor_proto::DataType::Float as i32, float_data: vec![1e-6], ..Default::default() }),
@@ -200,9 +258,6 @@ mod tests {
         let two = b.initializer("two", ArrayD::from_elem(vec![], 2.0).view());
         let gamma = b.initializer("gamma", array![0.5f32, 2.0, -1.0].into_dyn().view());
         let beta = b.initializer("beta", array![0.1f32, -0.3, 0.7].into_dyn().view());
-        let w1 = b.initializer("w1", array![[1.0f32, -2.0], [0.5, 0.25], [-1.5, 3.0]].into_dyn().view());
-        let bias1 = b.initializer("bias1", array![0.2f32, -0.4].into_dyn().view());
-        let w2 = b.initializer("w2", array![[0.3f32, 1.0, -0.7, 0.0, 2.0], [1.1, -0.2, 0.4, 1.0, -1.0], [0.0, 0.6, 0.9, -2.0, 0.5]].into_dyn().view());
         b.node_named("ReduceMean", "mean", &["x"], last());
         b.node_named("Sub", "centred", &["x", "mean"], vec![]);
         b.node_named("Pow", "square", &["centred", &two], vec![]);
@@ -213,20 +268,32 @@ mod tests {
         b.node_named("Div", "normalised", &["centred", "deviation"], vec![]);
         b.node_named("Mul", "scaled", &["normalised", &gamma], vec![]);
         b.node_named("Add", "ln", &[&beta, "scaled"], vec![]);
-        b.node_named("MatMul", "product1", &["ln", &w1], vec![]);
-        b.node_named("Add", "out1", &[&bias1, "product1"], vec![]);
-        b.node_named("MatMul", "out2", &["ln", &w2], vec![]);
+        readers(&mut b);
         let info = |name: &str, dims: &[i64]| float_value_info(name, &dims.iter().map(|&d| Dim::Value(d)).collect::<Vec<_>>());
-        let mut output = vec![info("out1", &[1, 4, 2]), info("out2", &[1, 4, 5])];
-        if ln_is_output {
-            output.push(info("ln", &[1, 4, 3]));
-        }
         pb::ModelProto {
             ir_version: 8,
             opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 14 }],
-            graph: Some(pb::GraphProto { input: vec![info("x", &[1, 4, 3])], output, ..g }),
+            graph: Some(pb::GraphProto { input: vec![info("x", &[1, 4, 3])], output: outputs.iter().map(|(name, dims)| info(name, dims)).collect(), ..g }),
             ..Default::default()
         }
+    }
+
+    /// The LayerNorm → two products with weights and a bias; `ln` also a
+    /// graph output when `ln_is_output`.
+    fn graph(ln_is_output: bool) -> pb::ModelProto {
+        let products = |b: &mut Builder| {
+            let w1 = b.initializer("w1", array![[1.0f32, -2.0], [0.5, 0.25], [-1.5, 3.0]].into_dyn().view());
+            let bias1 = b.initializer("bias1", array![0.2f32, -0.4].into_dyn().view());
+            let w2 = b.initializer("w2", array![[0.3f32, 1.0, -0.7, 0.0, 2.0], [1.1, -0.2, 0.4, 1.0, -1.0], [0.0, 0.6, 0.9, -2.0, 0.5]].into_dyn().view());
+            b.node_named("MatMul", "product1", &["ln", &w1], vec![]);
+            b.node_named("Add", "out1", &[&bias1, "product1"], vec![]);
+            b.node_named("MatMul", "out2", &["ln", &w2], vec![]);
+        };
+        let mut outputs: Vec<(&str, &[i64])> = vec![("out1", &[1, 4, 2]), ("out2", &[1, 4, 5])];
+        if ln_is_output {
+            outputs.push(("ln", &[1, 4, 3]));
+        }
+        layer_norm_graph(products, &outputs)
     }
 
     fn run(model: &pb::ModelProto, x: &Array3<f32>) -> Vec<Vec<f32>> {
@@ -240,7 +307,7 @@ mod tests {
     /// has them, and one constant token (variance 0, only ε left): the
     /// cases where `mean(x²) − mean(x)²` and the centred weights lose
     /// digits (here up to 8e-4 of a value of 1.4).
-    fn tokens() -> Array3<f32> {
+    pub(crate) fn tokens() -> Array3<f32> {
         array![[[3.0, -1.0, 0.5], [40.0, 41.5, 39.0], [-2.0, 7.0, 1.0], [5.0, 5.0, 5.0]]]
     }
 
