@@ -12,7 +12,7 @@
 //!
 //! ```text
 //! LN(x)·W = r ⊙ (x·W') + β·W    W' = (I − 11ᵀ/D)·diag(γ)·W
-//! r = 1 / sqrt(mean(x²) − mean(x)² + ε)   (one value per token)
+//! r = 1 / sqrt(max(0, mean(x²) − mean(x)²) + ε)   (one value per token)
 //! ```
 //!
 //! Each product then reads `x` itself and is rescaled per token, a scaling
