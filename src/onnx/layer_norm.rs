@@ -1,5 +1,6 @@
-//! LayerNorms folded into the weight products that read them: the form of
-//! a float graph that tract runs fastest.
+//! LayerNorms folded into the weight products that read them (the form of
+//! a float graph that tract runs fastest), or fused with the int8
+//! quantization of their output (an int8 graph's).
 //!
 //! tract runs a decomposed LayerNorm (`ReduceMean`, `Sub`, `Pow`,
 //! `ReduceMean`, `Add`, `Sqrt`, `Div`, `Mul`, `Add`, as the backbone's
@@ -20,8 +21,10 @@
 //! LayerNorm is two reductions per token. The outputs are the same up to
 //! float rounding (the variance is computed as `mean(x²) − mean(x)²`).
 //! LayerNorms read by anything else (the backbone's last one, read by the
-//! token slice) are left as they are; so are those of a QDQ or integer
-//! graph, whose products read the quantized LayerNorm output.
+//! token slice) are left as they are. In an int8 integer graph the
+//! products read the quantized LayerNorm output instead; there
+//! [`fuse_quantize`] makes each LayerNorm and its quantization one node,
+//! which tract runs as one op (`engine::tract::layer_norm_quantize`).
 
 use std::collections::{HashMap, HashSet};
 

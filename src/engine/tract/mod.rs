@@ -32,7 +32,7 @@ pub(crate) fn enable_multithreading() {
 impl TractEngine {
     /// Loads, types and optimises the graph for `spec`'s input size (its
     /// tract form when `spec` has one; activation quantization vectorised:
-    /// [`quantize`]).
+    /// `quantize`).
     pub fn load(spec: &EngineSpec) -> Result<Self, EngineError> {
         enable_multithreading();
         let graph = spec.tract_graph.as_ref().unwrap_or(&spec.path);
