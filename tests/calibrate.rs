@@ -252,9 +252,12 @@ fn the_default_model_qdq_graph_follows_the_rules() {
     assert_eq!(products, weights - 1, "every MatMul weight product is rewritten");
     assert!(!integer.graph.as_ref().unwrap().node.iter().any(|n| n.op_type == "DequantizeLinear"));
     // tract's form: both LayerNorms of each of the 12 blocks run fused with
-    // the quantization of their output.
-    let (_, fused) = causeseg::onnx::layer_norm::fuse_quantize(&integer);
+    // the quantization of their output,
+    let (integer, fused) = causeseg::onnx::layer_norm::fuse_quantize(&integer);
     assert_eq!(fused, 24);
+    // and each block's MLP rescale + GELU with the quantization of its output.
+    let (_, gelus) = causeseg::onnx::gelu::fuse_gelu_quantize(&integer);
+    assert_eq!(gelus, 12);
 }
 
 fn write_garbage_images(dir: &Path, names: &[&str]) {
@@ -364,6 +367,7 @@ fn an_int8_model_directory_end_to_end() {
     let ops: Vec<String> = causeseg::onnx::read_model(&tract_graph).unwrap().graph.unwrap().node.into_iter().map(|n| n.op_type).collect();
     assert!(ops.iter().any(|op| op == "MatMulInteger"));
     assert!(ops.iter().any(|op| op == causeseg::onnx::layer_norm::LAYER_NORM_QUANTIZE));
+    assert!(ops.iter().any(|op| op == causeseg::onnx::gelu::DEQUANTIZE_GELU_QUANTIZE));
     // bench compares the float model and its int8 calibration side by side.
     let models = format!("{},{}", default_model(), out.display());
     let bench = causeseg(&["bench", "--model", &models, "--engine", "tract", "--frames", "1", "--warmup", "0", "--size", "224x224", "--json"]);

@@ -24,14 +24,14 @@ use crate::calibrate::{integer, qdq, TABLE_FILE};
 use crate::engine::EngineSpec;
 use crate::head::Head;
 use crate::onnx::builder::{int, Builder};
-use crate::onnx::{self, float_value_info, int64_value_info, layer_norm, pb, Dim, OnnxError};
+use crate::onnx::{self, float_value_info, gelu, int64_value_info, layer_norm, pb, Dim, OnnxError};
 
 /// Version of the fused graph's layout; part of the cache key of built
 /// graphs, so a change here never reuses a graph built by older code.
 pub const LAYOUT_VERSION: u32 = 1;
 /// Version of tract's form of the fused graph ([`tract_graph`]), part of
 /// its file name, so a change to the rewrites never reuses an older file.
-pub const TRACT_FORM_VERSION: u32 = 2;
+pub const TRACT_FORM_VERSION: u32 = 3;
 /// Name of the fused graph's per-patch score output `[N, T, K]`.
 pub const SCORES_OUTPUT: &str = "concept_scores";
 /// Name of the fused graph's per-patch argmax output, int64 `[N, T]`.
@@ -76,7 +76,8 @@ pub fn engine_spec(model: &Model, backbone: &Path, cache: &Path) -> Result<Engin
 /// The graph at `graph` (a fused graph as [`fused_graph`] returned it, or
 /// a bare backbone) in the form tract runs fastest, with the same outputs:
 /// an `int8` QDQ graph as its integer form (`calibrate::integer`) with each
-/// LayerNorm and the quantization of its output as one node, and
+/// LayerNorm, and each MLP's rescale + GELU, and the quantization of its
+/// output as one node (`onnx::layer_norm`, `onnx::gelu`), and
 /// LayerNorms folded into the products that read them
 /// (`onnx::layer_norm`). Read from beside `graph`
 /// (`<name>.tract<version>.onnx`) when built before, else built and stored
@@ -85,14 +86,18 @@ pub fn tract_graph(graph: &Path, int8: bool) -> Result<PathBuf, ModelError> {
     let path = graph.with_extension(format!("tract{TRACT_FORM_VERSION}.onnx"));
     if !path.is_file() {
         let mut form = onnx::read_model(graph)?;
-        let (mut products, mut quantized) = (0, 0);
+        let (mut products, mut quantized, mut gelus) = (0, 0, 0);
         if int8 {
             (form, products) = integer::integer_form(&form);
             (form, quantized) = layer_norm::fuse_quantize(&form);
+            (form, gelus) = gelu::fuse_gelu_quantize(&form);
         }
         let (form, folded) = layer_norm::fold_layer_norms(&form);
         onnx::write_model(&form, &path)?;
-        log::info!("built tract's form {} ({products} int8 weight products, {quantized} LayerNorms fused with their quantization, {folded} folded)", path.display());
+        log::info!(
+            "built tract's form {} ({products} int8 weight products, {quantized} LayerNorms and {gelus} GELUs fused with their quantization, {folded} LayerNorms folded)",
+            path.display()
+        );
     }
     Ok(path)
 }

@@ -24,7 +24,7 @@
 //! token slice) are left as they are. In an int8 integer graph the
 //! products read the quantized LayerNorm output instead; there
 //! [`fuse_quantize`] makes each LayerNorm and its quantization one node,
-//! which tract runs as one op (`engine::tract::layer_norm_quantize`).
+//! which tract runs as one op (`engine::tract::int8_ops`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -118,18 +118,13 @@ pub fn fuse_quantize(model: &pb::ModelProto) -> (pb::ModelProto, usize) {
 /// LayerNorm and the scale's name.
 fn quantized(graph: &pb::GraphProto) -> HashMap<String, (LayerNorm, String)> {
     let index = GraphIndex::new(graph);
-    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
-    let int8 = pb::tensor_proto::DataType::Int8 as i32;
     let mut fusions = HashMap::new();
     for node in &graph.node {
         let Some(ln) = layer_norm(&index, node) else { continue };
         let out = node.output[0].as_str();
         let Some([q]) = index.readers.get(out).map(Vec::as_slice) else { continue };
-        let scalar_scale = q.input.get(1).and_then(|s| index.constant(s)).is_some_and(|s| s.len() == 1);
-        // Without a zero point QuantizeLinear gives uint8.
-        let int8_zero = q.input.get(2).and_then(|z| index.initializers.get(z.as_str())).is_some_and(|t| t.data_type == int8 && t.raw_data.iter().all(|&v| v == 0) && t.int32_data.iter().all(|&v| v == 0));
-        if q.op_type == "QuantizeLinear" && q.input[0] == out && scalar_scale && int8_zero && !outputs.contains(out) {
-            fusions.insert(q.output[0].clone(), (ln, q.input[1].clone()));
+        if let Some((_, scale)) = index.int8_quantize(q).filter(|(x, _)| *x == out && index.read_only_inside(graph, out, 1)) {
+            fusions.insert(q.output[0].clone(), (ln, scale.to_string()));
         }
     }
     fusions
@@ -163,12 +158,12 @@ fn foldable(graph: &pb::GraphProto) -> HashMap<String, LayerNorm> {
 /// with `m = ReduceMean(x)`; `γ`, `β` constant vectors, in either operand
 /// order of the `Add` and the `Mul`.
 fn layer_norm(index: &GraphIndex, node: &pb::NodeProto) -> Option<LayerNorm> {
-    let (scaled, beta) = with_constant(index, node, "Add")?;
-    let (normalised, gamma) = with_constant(index, index.producer(scaled, "Mul")?, "Mul")?;
+    let (scaled, beta) = index.with_constant(node, "Add")?;
+    let (normalised, gamma) = index.with_constant(index.producer(scaled, "Mul")?, "Mul")?;
     let div = index.producer(normalised, "Div")?;
     let centred = index.producer(&div.input[0], "Sub")?;
     let mean = last_axis_mean(index, &centred.input[1], &centred.input[0])?;
-    let (variance, epsilon) = with_constant(index, index.producer(&index.producer(&div.input[1], "Sqrt")?.input[0], "Add")?, "Add")?;
+    let (variance, epsilon) = index.with_constant(index.producer(&index.producer(&div.input[1], "Sqrt")?.input[0], "Add")?, "Add")?;
     let square = index.producer(&last_axis_mean(index, variance, "")?.input[0], "Pow")?;
     let is_square_of_centred = square.input[0] == centred.output[0] && index.constant(&square.input[1]).is_some_and(|e| e == [2.0]);
     (is_square_of_centred && gamma.len() == beta.len() && epsilon.len() == 1).then(|| LayerNorm {
@@ -178,20 +173,6 @@ fn layer_norm(index: &GraphIndex, node: &pb::NodeProto) -> Option<LayerNorm> {
         beta: beta.iter().map(|&v| v as f64).collect(),
         epsilon: epsilon[0],
     })
-}
-
-/// The non-constant input and the constant values of a two-input `op`
-/// node with one constant operand.
-fn with_constant<'n>(index: &GraphIndex, node: &'n pb::NodeProto, op: &str) -> Option<(&'n str, Vec<f32>)> {
-    let [a, b] = node.input.as_slice() else { return None };
-    if node.op_type != op {
-        return None;
-    }
-    match (index.constant(a), index.constant(b)) {
-        (None, Some(values)) => Some((a, values)),
-        (Some(values), None) => Some((b, values)),
-        _ => None,
-    }
 }
 
 /// The `ReduceMean` node producing `tensor` over the last axis with kept

@@ -8,6 +8,7 @@
 //! prost.
 
 pub mod builder;
+pub mod gelu;
 pub mod layer_norm;
 pub mod unpacked;
 
@@ -205,6 +206,37 @@ impl<'a> GraphIndex<'a> {
         let node = self.producer(tensor, "Constant")?;
         let value = node.attribute.iter().find(|a| a.name == "value")?.t.as_ref()?;
         (value.data_type == float).then(|| float_values(value))
+    }
+
+    /// The non-constant input and the constant values of `node` when it is
+    /// a two-input `op` node with one constant operand.
+    pub fn with_constant<'n>(&self, node: &'n pb::NodeProto, op: &str) -> Option<(&'n str, Vec<f32>)> {
+        let [a, b] = node.input.as_slice() else { return None };
+        if node.op_type != op {
+            return None;
+        }
+        match (self.constant(a), self.constant(b)) {
+            (None, Some(values)) => Some((a, values)),
+            (Some(values), None) => Some((b, values)),
+            _ => None,
+        }
+    }
+
+    /// The input and scale of `node` when it is a `QuantizeLinear` to int8
+    /// with a scalar constant scale and zero point 0 (without a zero point
+    /// it would give uint8).
+    pub fn int8_quantize<'n>(&self, node: &'n pb::NodeProto) -> Option<(&'n str, &'n str)> {
+        let int8 = pb::tensor_proto::DataType::Int8 as i32;
+        let [x, scale, zero] = node.input.as_slice() else { return None };
+        let scalar_scale = self.constant(scale).is_some_and(|s| s.len() == 1);
+        let zero = self.initializers.get(zero.as_str()).is_some_and(|t| t.data_type == int8 && t.raw_data.iter().all(|&v| v == 0) && t.int32_data.iter().all(|&v| v == 0));
+        (node.op_type == "QuantizeLinear" && scalar_scale && zero).then_some((x.as_str(), scale.as_str()))
+    }
+
+    /// Whether `tensor` is read by exactly `count` nodes and is no graph
+    /// output of `graph`.
+    pub fn read_only_inside(&self, graph: &pb::GraphProto, tensor: &str, count: usize) -> bool {
+        self.readers.get(tensor).map_or(0, Vec::len) == count && graph.output.iter().all(|o| o.name != tensor)
     }
 }
 

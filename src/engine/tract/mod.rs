@@ -10,7 +10,7 @@ use tract_onnx::tract_core::plan::eval;
 
 use super::{Engine, EngineError, EngineSpec};
 
-pub mod layer_norm_quantize;
+pub mod int8_ops;
 mod quantize;
 
 /// The graph as an optimised tract plan plus its reusable state.
@@ -40,7 +40,7 @@ impl TractEngine {
         let load_err = |e: TractError| EngineError::Load { path: path.clone(), reason: format!("{e:#}") };
         let fact = f32::fact([1, 3, spec.height as usize, spec.width as usize]);
         let mut onnx = tract_onnx::onnx();
-        layer_norm_quantize::register(&mut onnx);
+        int8_ops::register(&mut onnx);
         let mut model = onnx
             .model_for_path(graph)
             .and_then(|m| m.with_input_fact(0, fact.into()))

@@ -1,0 +1,87 @@
+//! The MLP's middle in an int8 integer graph as one node, for tract: the
+//! first layer's int32 product rescaled to float with its bias, GELU, and
+//! the int8 quantization of the result. tract runs these as four passes
+//! over the `[tokens, 4·D]` activation (cast, rescale and bias, GELU,
+//! quantize); [`fuse_gelu_quantize`] makes them one
+//! [`DEQUANTIZE_GELU_QUANTIZE`] node that tract runs as one op
+//! (`engine::tract::int8_ops`).
+
+use std::collections::HashMap;
+
+use super::builder::Builder;
+use super::layer_norm::CAUSESEG_DOMAIN;
+use super::{drop_unused, pb, GraphIndex};
+
+/// Op type (domain [`CAUSESEG_DOMAIN`]) of `int8(GELU(int32 · scale + bias))`:
+/// inputs the int32 product, `scale` (one per output channel, or one),
+/// `bias` (one per output channel) and the output's `y_scale`; zero point 0.
+pub const DEQUANTIZE_GELU_QUANTIZE: &str = "DequantizeGeluQuantizeLinear";
+
+/// One match: the int32 product, the rescale and the bias, by the
+/// quantization's output name.
+struct Match {
+    product: String,
+    scale: Vec<f32>,
+    bias: Vec<f32>,
+    y_scale: String,
+}
+
+/// `model` (an int8 integer form) with every `QuantizeLinear(GELU(Add(b,
+/// Mul(Cast(MatMulInteger), s))))` whose intermediate values nothing else
+/// reads replaced by one [`DEQUANTIZE_GELU_QUANTIZE`] node; and how many
+/// were. GELU as the backbone's export writes it: `x · (Erf(x / √2) + 1) ·
+/// 0.5`.
+pub fn fuse_gelu_quantize(model: &pb::ModelProto) -> (pb::ModelProto, usize) {
+    let mut model = model.clone();
+    let graph = model.graph.as_mut().expect("read_model checks the graph");
+    let matches: HashMap<String, Match> = {
+        let index = GraphIndex::new(graph);
+        graph.node.iter().filter_map(|q| Some((q.output.first()?.clone(), matched(&index, graph, q)?))).collect()
+    };
+    if matches.is_empty() {
+        return (model, 0);
+    }
+    let old_nodes = std::mem::take(&mut graph.node);
+    let mut b = Builder { graph };
+    for node in old_nodes {
+        let Some(m) = node.output.first().and_then(|out| matches.get(out)) else {
+            b.graph.node.push(node);
+            continue;
+        };
+        let out = &node.output[0];
+        let scale = b.initializer(&format!("{out}/dequantize_scale"), ndarray::ArrayD::from_shape_vec(vec![m.scale.len()], m.scale.clone()).expect("1-D").view());
+        let bias = b.initializer(&format!("{out}/bias"), ndarray::ArrayD::from_shape_vec(vec![m.bias.len()], m.bias.clone()).expect("1-D").view());
+        b.node_named(DEQUANTIZE_GELU_QUANTIZE, out, &[&m.product, &scale, &bias, &m.y_scale], vec![]);
+        b.graph.node.last_mut().expect("just pushed").domain = CAUSESEG_DOMAIN.into();
+    }
+    drop_unused(b.graph);
+    if !model.opset_import.iter().any(|o| o.domain == CAUSESEG_DOMAIN) {
+        model.opset_import.push(pb::OperatorSetIdProto { domain: CAUSESEG_DOMAIN.into(), version: 1 });
+    }
+    (model, matches.len())
+}
+
+/// `q` as the end of the pattern, every value inside read only inside it.
+fn matched(index: &GraphIndex, graph: &pb::GraphProto, q: &pb::NodeProto) -> Option<Match> {
+    let (gelu, y_scale) = index.int8_quantize(q)?;
+    let (product, half) = index.with_constant(index.producer(gelu, "Mul")?, "Mul")?;
+    let product_node = index.producer(product, "Mul")?;
+    let [p0, p1] = product_node.input.as_slice() else { return None };
+    // x · (Erf(x / √2) + 1), in either order.
+    let (x, erf_plus_one) = [(p0, p1), (p1, p0)].into_iter().find(|(_, e)| index.producer(e, "Add").is_some())?;
+    let (erf, one) = index.with_constant(index.producer(erf_plus_one, "Add")?, "Add")?;
+    let (divided, root_two) = index.with_constant(index.producer(&index.producer(erf, "Erf")?.input[0], "Div")?, "Div")?;
+    let biased = index.producer(x, "Add")?;
+    let (rescaled, bias) = index.with_constant(biased, "Add")?;
+    let (cast, scale) = index.with_constant(index.producer(rescaled, "Mul")?, "Mul")?;
+    let cast_node = index.producer(cast, "Cast")?;
+    let product_int32 = index.producer(&cast_node.input[0], "MatMulInteger")?;
+    let is_gelu = divided == x && half == [0.5] && one == [1.0] && root_two.len() == 1 && (root_two[0] - std::f32::consts::SQRT_2).abs() < 1e-6;
+    let per_channel = scale.len() == 1 || scale.len() == bias.len();
+    let inside = [(cast, 1), (rescaled, 1), (x.as_str(), 2), (erf, 1), (erf_plus_one.as_str(), 1), (product, 1), (gelu, 1)]
+        .iter()
+        .all(|&(tensor, readers)| index.read_only_inside(graph, tensor, readers))
+        && index.read_only_inside(graph, &product_int32.output[0], 1)
+        && index.read_only_inside(graph, &index.producer(erf, "Erf")?.input[0], 1);
+    (is_gelu && per_channel && inside).then(|| Match { product: product_int32.output[0].clone(), scale, bias, y_scale: y_scale.to_string() })
+}
