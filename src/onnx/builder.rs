@@ -43,6 +43,25 @@ impl Builder<'_> {
         });
         output.into()
     }
+
+    /// A node of causeseg's own op `op` (domain [`CAUSESEG_DOMAIN`]) whose
+    /// single output is exactly `output`.
+    pub fn causeseg_node(&mut self, op: &str, output: &str, inputs: &[&str], attribute: Vec<pb::AttributeProto>) -> String {
+        self.node_named(op, output, inputs, attribute);
+        self.graph.node.last_mut().expect("just pushed").domain = CAUSESEG_DOMAIN.into();
+        output.into()
+    }
+}
+
+/// The ONNX domain of causeseg's own ops (`onnx::layer_norm`,
+/// `onnx::gelu`), which only tract reads (`engine::tract::int8_ops`).
+pub const CAUSESEG_DOMAIN: &str = "ai.causeseg";
+
+/// Declares [`CAUSESEG_DOMAIN`] among `model`'s operator sets (once).
+pub fn import_causeseg_domain(model: &mut pb::ModelProto) {
+    if !model.opset_import.iter().any(|o| o.domain == CAUSESEG_DOMAIN) {
+        model.opset_import.push(pb::OperatorSetIdProto { domain: CAUSESEG_DOMAIN.into(), version: 1 });
+    }
 }
 
 /// An integer node attribute.

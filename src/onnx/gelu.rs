@@ -8,11 +8,10 @@
 
 use std::collections::HashMap;
 
-use super::builder::Builder;
-use super::layer_norm::CAUSESEG_DOMAIN;
+use super::builder::{import_causeseg_domain, Builder};
 use super::{drop_unused, pb, GraphIndex};
 
-/// Op type (domain [`CAUSESEG_DOMAIN`]) of `int8(GELU(int32 · scale + bias))`:
+/// Op type (domain `builder::CAUSESEG_DOMAIN`) of `int8(GELU(int32 · scale + bias))`:
 /// inputs the int32 product, `scale` (one per output channel, or one),
 /// `bias` (one per output channel) and the output's `y_scale`; zero point 0.
 pub const DEQUANTIZE_GELU_QUANTIZE: &str = "DequantizeGeluQuantizeLinear";
@@ -51,13 +50,10 @@ pub fn fuse_gelu_quantize(model: &pb::ModelProto) -> (pb::ModelProto, usize) {
         let out = &node.output[0];
         let scale = b.initializer(&format!("{out}/dequantize_scale"), ndarray::ArrayD::from_shape_vec(vec![m.scale.len()], m.scale.clone()).expect("1-D").view());
         let bias = b.initializer(&format!("{out}/bias"), ndarray::ArrayD::from_shape_vec(vec![m.bias.len()], m.bias.clone()).expect("1-D").view());
-        b.node_named(DEQUANTIZE_GELU_QUANTIZE, out, &[&m.product, &scale, &bias, &m.y_scale], vec![]);
-        b.graph.node.last_mut().expect("just pushed").domain = CAUSESEG_DOMAIN.into();
+        b.causeseg_node(DEQUANTIZE_GELU_QUANTIZE, out, &[&m.product, &scale, &bias, &m.y_scale], vec![]);
     }
     drop_unused(b.graph);
-    if !model.opset_import.iter().any(|o| o.domain == CAUSESEG_DOMAIN) {
-        model.opset_import.push(pb::OperatorSetIdProto { domain: CAUSESEG_DOMAIN.into(), version: 1 });
-    }
+    import_causeseg_domain(&mut model);
     (model, matches.len())
 }
 

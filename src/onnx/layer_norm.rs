@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 
 use ndarray::{arr0, Array1, Array2, Axis};
 
-use super::builder::Builder;
+use super::builder::{import_causeseg_domain, Builder};
 use super::{drop_unused, float_values, pb, GraphIndex};
 
 /// A decomposed LayerNorm over the last axis, as matched in a graph.
@@ -50,8 +50,7 @@ struct LayerNorm {
 pub fn fold_layer_norms(model: &pb::ModelProto) -> (pb::ModelProto, usize) {
     let mut model = model.clone();
     let graph = model.graph.as_mut().expect("read_model checks the graph");
-    let folds = foldable(graph);
-    let initializers: HashMap<String, pb::TensorProto> = graph.initializer.iter().map(|t| (t.name.clone(), t.clone())).collect();
+    let (folds, mut products) = foldable(graph);
     let old_nodes = std::mem::take(&mut graph.node);
     let mut b = Builder { graph };
     let mut scales: HashMap<String, String> = HashMap::new();
@@ -62,8 +61,8 @@ pub fn fold_layer_norms(model: &pb::ModelProto) -> (pb::ModelProto, usize) {
         }
         if let Some(scale) = scales.get(node.input.first().map_or("", String::as_str)).filter(|_| node.op_type == "MatMul") {
             let ln = &folds[&node.input[0]];
-            let (weight, offset) = folded_weight(ln, &weight_matrix(&initializers[&node.input[1]]));
             let out = &node.output[0];
+            let (weight, offset) = products.remove(out).expect("every reader of a folded LayerNorm has its folded weight");
             let weight = b.initializer(&format!("{out}/folded_weight"), weight.view().into_dyn());
             let offset = b.initializer(&format!("{out}/folded_offset"), offset.view().into_dyn());
             let product = b.node("MatMul", &format!("{out}/folded"), &[&ln.x, &weight], vec![]);
@@ -78,11 +77,9 @@ pub fn fold_layer_norms(model: &pb::ModelProto) -> (pb::ModelProto, usize) {
 }
 
 /// Op type of a LayerNorm fused with the int8 quantization of its output
-/// (domain [`CAUSESEG_DOMAIN`]): inputs `x`, `gamma`, `beta`, `y_scale`,
-/// attribute `epsilon`. Only tract reads it (`engine::tract`).
+/// (domain `builder::CAUSESEG_DOMAIN`): inputs `x`, `gamma`, `beta`,
+/// `y_scale`, attribute `epsilon`. Only tract reads it (`engine::tract`).
 pub const LAYER_NORM_QUANTIZE: &str = "LayerNormQuantizeLinear";
-/// The ONNX domain of causeseg's own ops.
-pub const CAUSESEG_DOMAIN: &str = "ai.causeseg";
 
 /// `model` (an int8 integer form) with every LayerNorm read only by one
 /// zero-point-0 int8 `QuantizeLinear` replaced, with that quantization, by
@@ -105,11 +102,10 @@ pub fn fuse_quantize(model: &pb::ModelProto) -> (pb::ModelProto, usize) {
         let gamma = b.initializer(&format!("{out}/gamma"), ln.gamma.mapv(|v| v as f32).view().into_dyn());
         let beta = b.initializer(&format!("{out}/beta"), ln.beta.mapv(|v| v as f32).view().into_dyn());
         let epsilon = pb::AttributeProto { name: "epsilon".into(), f: ln.epsilon, r#type: pb::attribute_proto::AttributeType::Float as i32, ..Default::default() };
-        b.node_named(LAYER_NORM_QUANTIZE, out, &[&ln.x, &gamma, &beta, scale], vec![epsilon]);
-        b.graph.node.last_mut().expect("just pushed").domain = CAUSESEG_DOMAIN.into();
+        b.causeseg_node(LAYER_NORM_QUANTIZE, out, &[&ln.x, &gamma, &beta, scale], vec![epsilon]);
     }
     drop_unused(b.graph);
-    model.opset_import.push(pb::OperatorSetIdProto { domain: CAUSESEG_DOMAIN.into(), version: 1 });
+    import_causeseg_domain(&mut model);
     (model, fusions.len())
 }
 
@@ -130,13 +126,17 @@ fn quantized(graph: &pb::GraphProto) -> HashMap<String, (LayerNorm, String)> {
     fusions
 }
 
-/// The LayerNorms of `graph` that fold, by output name: every reader a
+/// A product's folded weight and offset, by the product's output name.
+type FoldedProducts = HashMap<String, (Array2<f32>, Array1<f32>)>;
+
+/// The LayerNorms of `graph` that fold, by output name (every reader a
 /// `MatMul` with the LayerNorm as left operand and a `[D, N]` float
-/// initializer as right one, and not a graph output.
-fn foldable(graph: &pb::GraphProto) -> HashMap<String, LayerNorm> {
+/// initializer as right one, and not a graph output), and their readers'
+/// folded weights.
+fn foldable(graph: &pb::GraphProto) -> (HashMap<String, LayerNorm>, FoldedProducts) {
     let index = GraphIndex::new(graph);
     let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
-    let mut folds = HashMap::new();
+    let (mut folds, mut products) = (HashMap::new(), HashMap::new());
     for node in &graph.node {
         let Some(ln) = layer_norm(&index, node) else { continue };
         let out = node.output[0].as_str();
@@ -145,12 +145,16 @@ fn foldable(graph: &pb::GraphProto) -> HashMap<String, LayerNorm> {
                 w.dims.len() == 2 && w.dims[0] as usize == ln.gamma.len() && w.data_type == pb::tensor_proto::DataType::Float as i32
             })
         };
-        let all_products = index.readers.get(out).is_some_and(|rs| rs.iter().all(|r| r.op_type == "MatMul" && r.input[0] == out && r.input[1] != out && is_weight(&r.input[1])));
+        let Some(readers) = index.readers.get(out) else { continue };
+        let all_products = readers.iter().all(|r| r.op_type == "MatMul" && r.input[0] == out && r.input[1] != out && is_weight(&r.input[1]));
         if all_products && !outputs.contains(out) {
+            for r in readers {
+                products.insert(r.output[0].clone(), folded_weight(&ln, &weight_matrix(index.initializers[r.input[1].as_str()])));
+            }
             folds.insert(out.to_string(), ln);
         }
     }
-    folds
+    (folds, products)
 }
 
 /// `node` (an `Add`) as the end of a decomposed LayerNorm over the last
