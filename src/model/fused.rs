@@ -24,14 +24,14 @@ use crate::calibrate::{integer, qdq, TABLE_FILE};
 use crate::engine::EngineSpec;
 use crate::head::Head;
 use crate::onnx::builder::{int, Builder};
-use crate::onnx::{self, float_value_info, gelu, int64_value_info, layer_norm, pb, Dim, OnnxError};
+use crate::onnx::{self, attention, float_value_info, gelu, int64_value_info, layer_norm, linear, pb, Dim, OnnxError};
 
 /// Version of the fused graph's layout; part of the cache key of built
 /// graphs, so a change here never reuses a graph built by older code.
 pub const LAYOUT_VERSION: u32 = 1;
 /// Version of tract's form of the fused graph ([`tract_graph`]), part of
 /// its file name, so a change to the rewrites never reuses an older file.
-pub const TRACT_FORM_VERSION: u32 = 3;
+pub const TRACT_FORM_VERSION: u32 = 4;
 /// Name of the fused graph's per-patch score output `[N, T, K]`.
 pub const SCORES_OUTPUT: &str = "concept_scores";
 /// Name of the fused graph's per-patch argmax output, int64 `[N, T]`.
@@ -77,9 +77,12 @@ pub fn engine_spec(model: &Model, backbone: &Path, cache: &Path) -> Result<Engin
 /// a bare backbone) in the form tract runs fastest, with the same outputs:
 /// an `int8` QDQ graph as its integer form (`calibrate::integer`) with each
 /// LayerNorm, and each MLP's rescale + GELU, and the quantization of its
-/// output as one node (`onnx::layer_norm`, `onnx::gelu`), and
-/// LayerNorms folded into the products that read them
-/// (`onnx::layer_norm`). Read from beside `graph`
+/// output as one node (`onnx::layer_norm`, `onnx::gelu`); LayerNorms
+/// folded into the products that read them (`onnx::layer_norm`); each
+/// attention as one node (`onnx::attention`) and each float product with
+/// a constant weight, with its affine epilogue, as one node
+/// (`onnx::linear`), both run on the `gemm` crate
+/// (`engine::tract::float_ops`). Read from beside `graph`
 /// (`<name>.tract<version>.onnx`) when built before, else built and stored
 /// there.
 pub fn tract_graph(graph: &Path, int8: bool) -> Result<PathBuf, ModelError> {
@@ -93,9 +96,11 @@ pub fn tract_graph(graph: &Path, int8: bool) -> Result<PathBuf, ModelError> {
             (form, gelus) = gelu::fuse_gelu_quantize(&form);
         }
         let (form, folded) = layer_norm::fold_layer_norms(&form);
+        let (form, attentions) = attention::fuse_attention(&form);
+        let (form, linears) = linear::fuse_linear(&form);
         onnx::write_model(&form, &path)?;
         log::info!(
-            "built tract's form {} ({products} int8 weight products, {quantized} LayerNorms and {gelus} GELUs fused with their quantization, {folded} LayerNorms folded)",
+            "built tract's form {} ({products} int8 weight products, {quantized} LayerNorms and {gelus} GELUs fused with their quantization, {folded} LayerNorms folded, {attentions} attentions and {linears} float products on gemm)",
             path.display()
         );
     }

@@ -54,7 +54,8 @@ impl Builder<'_> {
 }
 
 /// The ONNX domain of causeseg's own ops (`onnx::layer_norm`,
-/// `onnx::gelu`), which only tract reads (`engine::tract::int8_ops`).
+/// `onnx::gelu`, `onnx::linear`, `onnx::attention`), which only tract
+/// reads (`engine::tract::int8_ops`, `engine::tract::float_ops`).
 pub const CAUSESEG_DOMAIN: &str = "ai.causeseg";
 
 /// Declares [`CAUSESEG_DOMAIN`] among `model`'s operator sets (once).
@@ -67,6 +68,11 @@ pub fn import_causeseg_domain(model: &mut pb::ModelProto) {
 /// An integer node attribute.
 pub fn int(name: &str, value: i64) -> pb::AttributeProto {
     pb::AttributeProto { name: name.into(), i: value, r#type: pb::attribute_proto::AttributeType::Int as i32, ..Default::default() }
+}
+
+/// A float node attribute.
+pub fn float(name: &str, value: f32) -> pb::AttributeProto {
+    pb::AttributeProto { name: name.into(), f: value, r#type: pb::attribute_proto::AttributeType::Float as i32, ..Default::default() }
 }
 
 /// An integer-list node attribute.

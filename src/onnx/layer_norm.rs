@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 
 use ndarray::{arr0, Array1, Array2, Axis};
 
-use super::builder::{import_causeseg_domain, Builder};
+use super::builder::{float, import_causeseg_domain, Builder};
 use super::{drop_unused, float_values, pb, GraphIndex};
 
 /// A decomposed LayerNorm over the last axis, as matched in a graph.
@@ -101,7 +101,7 @@ pub fn fuse_quantize(model: &pb::ModelProto) -> (pb::ModelProto, usize) {
         let out = &node.output[0];
         let gamma = b.initializer(&format!("{out}/gamma"), ln.gamma.mapv(|v| v as f32).view().into_dyn());
         let beta = b.initializer(&format!("{out}/beta"), ln.beta.mapv(|v| v as f32).view().into_dyn());
-        let epsilon = pb::AttributeProto { name: "epsilon".into(), f: ln.epsilon, r#type: pb::attribute_proto::AttributeType::Float as i32, ..Default::default() };
+        let epsilon = float("epsilon", ln.epsilon);
         b.causeseg_node(LAYER_NORM_QUANTIZE, out, &[&ln.x, &gamma, &beta, scale], vec![epsilon]);
     }
     drop_unused(b.graph);

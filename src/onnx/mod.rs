@@ -7,9 +7,11 @@
 //! protobuf types are tract-onnx's own (`tract_onnx::pb`), encoded with
 //! prost.
 
+pub mod attention;
 pub mod builder;
 pub mod gelu;
 pub mod layer_norm;
+pub mod linear;
 pub mod unpacked;
 
 use std::collections::{HashMap, HashSet};
@@ -206,6 +208,30 @@ impl<'a> GraphIndex<'a> {
         let node = self.producer(tensor, "Constant")?;
         let value = node.attribute.iter().find(|a| a.name == "value")?.t.as_ref()?;
         (value.data_type == float).then(|| float_values(value))
+    }
+
+    /// The dimensions of `tensor` when it is an initializer or a `Constant`
+    /// node's output.
+    pub fn constant_dims(&self, tensor: &str) -> Option<&'a [i64]> {
+        if let Some(t) = self.initializers.get(tensor) {
+            return Some(&t.dims);
+        }
+        let node = self.producer(tensor, "Constant")?;
+        Some(&node.attribute.iter().find(|a| a.name == "value")?.t.as_ref()?.dims)
+    }
+
+    /// The values of `tensor` when it is an int64 initializer or a
+    /// `Constant` node's int64 output.
+    pub fn int64_constant(&self, tensor: &str) -> Option<Vec<i64>> {
+        let int64 = pb::tensor_proto::DataType::Int64 as i32;
+        let t = match self.initializers.get(tensor) {
+            Some(t) => *t,
+            None => self.producer(tensor, "Constant")?.attribute.iter().find(|a| a.name == "value")?.t.as_ref()?,
+        };
+        if t.data_type != int64 {
+            return None;
+        }
+        Some(if t.raw_data.is_empty() { t.int64_data.clone() } else { t.raw_data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect() })
     }
 
     /// The non-constant input and the constant values of `node` when it is

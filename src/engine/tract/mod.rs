@@ -10,6 +10,7 @@ use tract_onnx::tract_core::plan::eval;
 
 use super::{Engine, EngineError, EngineSpec};
 
+pub mod float_ops;
 pub mod int8_ops;
 mod quantize;
 
@@ -40,7 +41,7 @@ impl TractEngine {
         let load_err = |e: TractError| EngineError::Load { path: path.clone(), reason: format!("{e:#}") };
         let fact = f32::fact([1, 3, spec.height as usize, spec.width as usize]);
         let mut onnx = tract_onnx::onnx();
-        int8_ops::register(&mut onnx);
+        register_ops(&mut onnx);
         let mut model = onnx
             .model_for_path(graph)
             .and_then(|m| m.with_input_fact(0, fact.into()))
@@ -53,6 +54,13 @@ impl TractEngine {
         let state = plan.spawn().map_err(load_err)?;
         Ok(TractEngine { spec: spec.clone(), state })
     }
+}
+
+/// Teaches `onnx` causeseg's own ops (domain `ai.causeseg`), which tract's
+/// form of a graph (`model::fused::tract_graph`) holds.
+pub fn register_ops(onnx: &mut tract_onnx::Onnx) {
+    float_ops::register(onnx);
+    int8_ops::register(onnx);
 }
 
 /// Time one kind of operation took in a profiled run.
