@@ -94,10 +94,14 @@ pub fn run(args: BenchArgs, cache: &Path) -> anyhow::Result<()> {
     // Round-robin, frame by frame: a slower or busier stretch of the run
     // falls on every engine alike.
     let mut images = open_images()?;
+    let runs_len = runs.len();
     for i in 0..args.warmup + args.frames {
         let frame = images.next_frame()?.expect("a looping source never ends");
         let what = frame.name.clone().unwrap_or_else(|| format!("frame {i}"));
         for run in &mut runs {
+            if runs_len > 1 {
+                std::thread::sleep(SETTLE);
+            }
             let mut times = run.segmenter.segment(&frame.image, &what, None)?.times;
             times.decode_ms = frame.decode_ms;
             if i >= args.warmup {
@@ -125,6 +129,12 @@ pub fn run(args: BenchArgs, cache: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Pause before each engine's turn when several take turns: ONNX Runtime's
+/// worker threads keep spinning for a while after a run, and took the
+/// cores from the engine that ran next (tract's fused graph 303.5 ms after
+/// ONNX Runtime's turn, 275.3 alone, same build and hour).
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// One model on one engine, loaded, and the times of its frames.
 struct EngineRun {

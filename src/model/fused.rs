@@ -31,7 +31,7 @@ use crate::onnx::{self, attention, float_value_info, gelu, int64_value_info, lay
 pub const LAYOUT_VERSION: u32 = 1;
 /// Version of tract's form of the fused graph ([`tract_graph`]), part of
 /// its file name, so a change to the rewrites never reuses an older file.
-pub const TRACT_FORM_VERSION: u32 = 4;
+pub const TRACT_FORM_VERSION: u32 = 5;
 /// Name of the fused graph's per-patch score output `[N, T, K]`.
 pub const SCORES_OUTPUT: &str = "concept_scores";
 /// Name of the fused graph's per-patch argmax output, int64 `[N, T]`.
@@ -79,9 +79,9 @@ pub fn engine_spec(model: &Model, backbone: &Path, cache: &Path) -> Result<Engin
 /// LayerNorm, and each MLP's rescale + GELU, and the quantization of its
 /// output as one node (`onnx::layer_norm`, `onnx::gelu`); LayerNorms
 /// folded into the products that read them (`onnx::layer_norm`); each
-/// attention as one node (`onnx::attention`) and each float product with
-/// a constant weight, with its affine epilogue, as one node
-/// (`onnx::linear`), both run on the `gemm` crate
+/// float product with a constant weight, with its affine epilogue, as one
+/// node (`onnx::linear`) and each attention as one node, its three
+/// products as one (`onnx::attention`), both run on the `gemm` crate
 /// (`engine::tract::float_ops`). Read from beside `graph`
 /// (`<name>.tract<version>.onnx`) when built before, else built and stored
 /// there.
@@ -96,11 +96,11 @@ pub fn tract_graph(graph: &Path, int8: bool) -> Result<PathBuf, ModelError> {
             (form, gelus) = gelu::fuse_gelu_quantize(&form);
         }
         let (form, folded) = layer_norm::fold_layer_norms(&form);
-        let (form, attentions) = attention::fuse_attention(&form);
         let (form, linears) = linear::fuse_linear(&form);
+        let (form, attentions) = attention::fuse_attention(&form);
         onnx::write_model(&form, &path)?;
         log::info!(
-            "built tract's form {} ({products} int8 weight products, {quantized} LayerNorms and {gelus} GELUs fused with their quantization, {folded} LayerNorms folded, {attentions} attentions and {linears} float products on gemm)",
+            "built tract's form {} ({products} int8 weight products, {quantized} LayerNorms and {gelus} GELUs fused with their quantization, {folded} LayerNorms folded, {linears} float products on gemm, {attentions} attentions as one node each)",
             path.display()
         );
     }

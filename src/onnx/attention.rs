@@ -8,10 +8,16 @@
 //! [`fuse_attention`] makes the whole pattern one [`MULTI_HEAD_ATTENTION`]
 //! node, which tract runs head by head and block of queries by block, with
 //! the `gemm` crate reading the heads in place (`engine::tract::float_ops`).
+//! When the query, key and value are [`LINEAR`] nodes on the same input
+//! (`onnx::linear`, run before), they become one product whose output
+//! holds the three side by side: the input is read, and rescaled, once.
 
 use std::collections::HashMap;
 
+use ndarray::{concatenate, Array1, Array2, Axis};
+
 use super::builder::{float, import_causeseg_domain, int, Builder};
+use super::linear::LINEAR;
 use super::{drop_unused, pb, GraphIndex};
 
 /// Op type (domain `builder::CAUSESEG_DOMAIN`) of
@@ -27,6 +33,15 @@ struct Match {
     v: String,
     heads: i64,
     scale: f32,
+}
+
+/// The query, key and value products of one input as one [`LINEAR`]
+/// product: their weights and biases side by side.
+struct PackedProduct {
+    x: String,
+    weight: Array2<f32>,
+    bias: Array1<f32>,
+    row_scale: Option<String>,
 }
 
 /// `model` with every attention written as the backbone's export writes it
@@ -53,9 +68,36 @@ pub fn fuse_attention(model: &pb::ModelProto) -> (pb::ModelProto, usize) {
             None => b.graph.node.push(node),
         }
     }
+    // The shape computations of the head split are gone now, so the three
+    // products may be read by the attention alone.
     drop_unused(b.graph);
+    pack_products(b.graph);
     import_causeseg_domain(&mut model);
     (model, matches.len())
+}
+
+/// Each attention node's query, key and value [`LINEAR`] products as one
+/// (see [`packed_product`]), the attention reading its output.
+fn pack_products(graph: &mut pb::GraphProto) {
+    let packs: HashMap<String, PackedProduct> = {
+        let index = GraphIndex::new(graph);
+        let attentions = graph.node.iter().filter(|n| n.op_type == MULTI_HEAD_ATTENTION && n.input.len() == 3);
+        attentions.filter_map(|n| Some((n.output[0].clone(), packed_product(&index, graph, [&n.input[0], &n.input[1], &n.input[2]])?))).collect()
+    };
+    let old_nodes = std::mem::take(&mut graph.node);
+    let mut b = Builder { graph };
+    for mut node in old_nodes {
+        if let Some(p) = node.output.first().and_then(|out| packs.get(out)) {
+            let out = &node.output[0];
+            let weight = b.initializer(&format!("{out}/qkv_weight"), p.weight.view().into_dyn());
+            let bias = b.initializer(&format!("{out}/qkv_bias"), p.bias.view().into_dyn());
+            let mut inputs = vec![p.x.as_str(), &weight, &bias];
+            inputs.extend(p.row_scale.as_deref());
+            node.input = vec![b.causeseg_node(LINEAR, &format!("{out}/qkv"), &inputs, vec![])];
+        }
+        b.graph.node.push(node);
+    }
+    drop_unused(b.graph);
 }
 
 /// `reshape` as the end of an attention, every value inside read only
@@ -85,6 +127,32 @@ fn matched(index: &GraphIndex, graph: &pb::GraphProto, reshape: &pb::NodeProto) 
     let (v, value_heads) = split_heads(index, graph, transposed(index, values, &[0, 2, 1, 3])?)?;
     let each_once = [query, key, values.as_str()].iter().all(|t| inside(t));
     (each_once && heads == key_heads && heads == value_heads).then(|| Match { q: q.into(), k: k.into(), v: v.into(), heads, scale })
+}
+
+/// The [`LINEAR`] nodes producing `operands` as one product, when they
+/// read the same input with the same row scale and nothing else reads
+/// their outputs.
+fn packed_product(index: &GraphIndex, graph: &pb::GraphProto, operands: [&str; 3]) -> Option<PackedProduct> {
+    let products = operands.map(|t| index.producer(t, LINEAR).filter(|_| index.read_only_inside(graph, t, 1)));
+    let [Some(first), Some(_), Some(_)] = products else { return None };
+    let same_inputs = products.iter().flatten().all(|p| p.input[0] == first.input[0] && p.input.get(3) == first.input.get(3));
+    let weights: Option<Vec<Array2<f32>>> = products
+        .iter()
+        .flatten()
+        .map(|p| {
+            let dims = index.constant_dims(&p.input[1])?;
+            Array2::from_shape_vec((dims[0] as usize, dims[1] as usize), index.constant(&p.input[1])?).ok()
+        })
+        .collect();
+    let biases: Option<Vec<Array1<f32>>> = products.iter().flatten().map(|p| Some(Array1::from_vec(index.constant(&p.input[2])?))).collect();
+    let (weights, biases) = (weights?, biases?);
+    Some(PackedProduct {
+        x: first.input[0].clone(),
+        weight: concatenate(Axis(1), &weights.iter().map(|a| a.view()).collect::<Vec<_>>()).ok()?,
+        bias: concatenate(Axis(0), &biases.iter().map(|a| a.view()).collect::<Vec<_>>()).ok()?,
+        row_scale: first.input.get(3).cloned(),
+    })
+    .filter(|_| same_inputs)
 }
 
 /// The input of the `Transpose` producing `tensor` when its permutation is
@@ -136,13 +204,21 @@ pub(crate) mod tests {
     use ndarray::{arr0, Array3};
     use tract_onnx::prelude::*;
 
-    /// Inputs `q`, `k`, `v` `[1, tokens, 4·heads]` through the attention as
+    /// Inputs `q`, `k`, `v` `[1, tokens, 4·heads]` (with `projected`, the
+    /// products of one input `x` of 5 channels) through the attention as
     /// the DINOv2 export writes it (each operand of the scores scaled by
     /// 0.35, the export's `d^-1/4` for d = 67), output `y`.
-    pub(crate) fn attention_graph(tokens: i64, heads: i64) -> pb::ModelProto {
+    pub(crate) fn attention_graph(tokens: i64, heads: i64, projected: bool) -> pb::ModelProto {
         let dim = 4 * heads;
         let mut g = pb::GraphProto::default();
         let mut b = Builder { graph: &mut g };
+        if projected {
+            for (i, x) in ["q", "k", "v"].into_iter().enumerate() {
+                let weight = ndarray::Array2::from_shape_fn((5, dim as usize), |(r, c)| ((r * 7 + c * 3 + i * 5) % 11) as f32 / 5.0 - 1.0);
+                let weight = b.initializer(&format!("w{x}"), weight.into_dyn().view());
+                b.node_named("MatMul", x, &["x", &weight], vec![]);
+            }
+        }
         let shape = |name: &str, dims: &[i64]| pb::TensorProto { name: name.into(), dims: vec![dims.len() as i64], data_type: pb::tensor_proto::DataType::Int64 as i32, int64_data: dims.to_vec(), ..Default::default() };
         b.graph.initializer.push(shape("split", &[1, tokens, heads, 4]));
         b.graph.initializer.push(shape("merge", &[1, tokens, dim]));
@@ -162,14 +238,18 @@ pub(crate) mod tests {
         pb::ModelProto {
             ir_version: 8,
             opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 14 }],
-            graph: Some(pb::GraphProto { input: vec![info("q"), info("k"), info("v")], output: vec![info("y")], ..g }),
+            graph: Some(pb::GraphProto {
+                input: if projected { vec![float_value_info("x", &[Dim::Value(1), Dim::Value(tokens), Dim::Value(5)])] } else { vec![info("q"), info("k"), info("v")] },
+                output: vec![info("y")],
+                ..g
+            }),
             ..Default::default()
         }
     }
 
     #[test]
     fn the_pattern_becomes_one_node() {
-        let (fused, count) = fuse_attention(&attention_graph(5, 3));
+        let (fused, count) = fuse_attention(&attention_graph(5, 3, false));
         assert_eq!(count, 1);
         let g = fused.graph.as_ref().unwrap();
         assert_eq!(g.node.len(), 1);
@@ -183,31 +263,48 @@ pub(crate) mod tests {
 
     #[test]
     fn scores_read_elsewhere_keep_the_pattern() {
-        let mut model = attention_graph(5, 3);
+        let mut model = attention_graph(5, 3, false);
         let g = model.graph.as_mut().unwrap();
         g.output.push(float_value_info("scores", &[Dim::Value(1), Dim::Value(3), Dim::Value(5), Dim::Value(5)]));
         assert_eq!(fuse_attention(&model).1, 0);
     }
 
+    #[test]
+    fn products_of_one_input_are_packed() {
+        let (products, _) = crate::onnx::linear::fuse_linear(&attention_graph(5, 3, true));
+        let (fused, count) = fuse_attention(&products);
+        assert_eq!(count, 1);
+        let g = fused.graph.as_ref().unwrap();
+        let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops, [LINEAR, MULTI_HEAD_ATTENTION]);
+        assert_eq!((g.node[0].input[0].as_str(), g.node[1].input.len()), ("x", 1));
+        let index = GraphIndex::new(g);
+        assert_eq!(index.constant_dims(&g.node[0].input[1]).unwrap(), [5, 36]);
+    }
+
     /// The fused node in tract against tract's run of the pattern, on
-    /// 150 tokens (more than one block of queries, no multiple of 4).
+    /// 150 tokens (more than one block of queries, no multiple of 4), with
+    /// three inputs and with the products packed.
     #[test]
     fn tract_runs_it_like_the_pattern() {
         let (tokens, heads) = (150usize, 3);
-        let input = |seed: usize| Array3::from_shape_fn((1, tokens, 4 * heads), |(_, t, c)| ((t * 31 + c * 17 + seed * 7) % 23) as f32 / 7.0 - 1.5).into_dyn();
-        let run = |model: &pb::ModelProto| {
+        let run = |model: &pb::ModelProto, inputs: usize, width: usize| {
             let mut onnx = tract_onnx::onnx();
             crate::engine::tract::register_ops(&mut onnx);
             let bytes = prost::Message::encode_to_vec(model);
             let plan = onnx.model_for_read(&mut bytes.as_slice()).unwrap().into_optimized().unwrap().into_runnable().unwrap();
-            let inputs = (0..3).map(|s| input(s).into_tensor().into_tvalue()).collect();
-            let outputs = plan.run(inputs).unwrap();
+            let input = |seed: usize| Array3::from_shape_fn((1, tokens, width), |(_, t, c)| ((t * 31 + c * 17 + seed * 7) % 23) as f32 / 7.0 - 1.5).into_dyn();
+            let outputs = plan.run((0..inputs).map(|s| input(s).into_tensor().into_tvalue()).collect()).unwrap();
             outputs[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect::<Vec<f32>>()
         };
-        let model = attention_graph(tokens as i64, heads as i64);
-        let (expected, got) = (run(&model), run(&fuse_attention(&model).0));
-        assert_eq!(expected.len(), got.len());
-        let max_diff = expected.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(max_diff < 1e-5, "max diff {max_diff}");
+        for projected in [false, true] {
+            let model = attention_graph(tokens as i64, heads as i64, projected);
+            let fused = fuse_attention(&crate::onnx::linear::fuse_linear(&model).0).0;
+            let (inputs, width) = if projected { (1, 5) } else { (3, 4 * heads) };
+            let (expected, got) = (run(&model, inputs, width), run(&fused, inputs, width));
+            assert_eq!(expected.len(), got.len());
+            let max_diff = expected.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(max_diff < 1e-5, "max diff {max_diff} (projected: {projected})");
+        }
     }
 }

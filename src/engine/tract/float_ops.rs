@@ -23,7 +23,8 @@ pub use crate::onnx::linear::LINEAR;
 /// Teaches `onnx` both nodes. [`LINEAR`]: inputs `x [.., M, K]`, `W` (a
 /// constant `[K, N]`), `c` (a constant `[N]`) and optionally `r [.., M,
 /// 1]`; output `(x·W) ⊙ r + c`. [`MULTI_HEAD_ATTENTION`]: inputs `q`, `k`,
-/// `v` `[B, N, D]`, attributes `heads` and `scale`; output `[B, N, D]`.
+/// `v` `[B, N, D]` (or one `[B, N, 3·D]` holding them side by side),
+/// attributes `heads` and `scale`; output `[B, N, D]`.
 pub fn register(onnx: &mut Onnx) {
     onnx.op_register.insert(LINEAR, parse_linear);
     onnx.op_register.insert(MULTI_HEAD_ATTENTION, parse_attention);
@@ -120,7 +121,13 @@ impl EvalOp for LinearF32 {
             let r_view = inputs[1].try_as_plain_ram()?;
             let r = r_view.as_slice::<f32>()?;
             ensure!(r.len() == m, "{} row scales for {m} rows", r.len());
-            scaled = x.chunks_exact(k).zip(r).flat_map(|(row, &s)| row.iter().map(move |v| v * s)).collect();
+            scaled = {
+                let mut scaled = vec![0f32; x.len()];
+                for ((out, row), &s) in scaled.chunks_exact_mut(k).zip(x.chunks_exact(k)).zip(r) {
+                    out.iter_mut().zip(row).for_each(|(o, v)| *o = v * s);
+                }
+                scaled
+            };
             &scaled[..]
         } else {
             x
@@ -168,7 +175,8 @@ impl TypedOp for LinearF32 {
 /// scores (`rows × tokens` floats, 394 KB at 448x336) stay in L2.
 const QUERY_BLOCK: usize = 128;
 
-/// `concat_h(softmax(scale · Q_h·K_hᵀ)·V_h)` over `[B, N, D]` inputs, one
+/// `concat_h(softmax(scale · Q_h·K_hᵀ)·V_h)` over `[B, N, D]` inputs (or
+/// one `[B, N, 3·D]` input holding them side by side), one
 /// block of [`QUERY_BLOCK`] queries of one head at a time; the softmax's
 /// division moved after the second product (on `D/H` values per row
 /// instead of `N`).
@@ -186,10 +194,16 @@ impl Expansion for MultiHeadAttentionF32 {
     }
 
     fn rules<'r, 'p: 'r, 's: 'r>(&'s self, s: &mut Solver<'r>, inputs: &'p [TensorProxy], outputs: &'p [TensorProxy]) -> InferenceResult {
-        check_input_arity(inputs, 3)?;
         check_output_arity(outputs, 1)?;
         s.equals(&outputs[0].datum_type, DatumType::F32)?;
         s.equals(&inputs[0].rank, 3)?;
+        s.equals(&outputs[0].rank, 3)?;
+        if inputs.len() == 1 {
+            s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
+            s.equals(&outputs[0].shape[1], &inputs[0].shape[1])?;
+            return s.given(&inputs[0].shape[2], move |s, packed| s.equals(&outputs[0].shape[2], packed / 3));
+        }
+        check_input_arity(inputs, 3)?;
         s.equals(&inputs[0].shape, &inputs[1].shape)?;
         s.equals(&inputs[0].shape, &inputs[2].shape)?;
         s.equals(&outputs[0].shape, &inputs[0].shape)
@@ -233,15 +247,19 @@ impl EvalOp for MultiHeadAttentionF32 {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let &[batch, tokens, dim] = inputs[0].shape() else { bail!("attention input {:?} is not [B, N, D]", inputs[0].shape()) };
+        let &[batch, tokens, width] = inputs[0].shape() else { bail!("attention input {:?} is not [B, N, D]", inputs[0].shape()) };
+        // Three inputs [B, N, D], or one packed [B, N, 3·D].
+        let dim = if inputs.len() == 1 { width / 3 } else { width };
         ensure!(dim % self.heads == 0, "{dim} channels do not split into {} heads", self.heads);
         let head_dim = dim / self.heads;
-        let views = [0, 1, 2].map(|i| inputs[i].try_as_plain_ram());
-        let [q, k, v] = match views {
-            [Ok(q), Ok(k), Ok(v)] => [q, k, v],
-            _ => bail!("attention inputs are not in memory"),
+        let views = inputs.iter().map(|i| i.try_as_plain_ram()).collect::<TractResult<Vec<_>>>()?;
+        let slices = views.iter().map(|v| v.as_slice::<f32>()).collect::<TractResult<Vec<_>>>()?;
+        // Each operand's values and the column of its first channel.
+        let [q, k, v] = match slices.as_slice() {
+            [qkv] => [(*qkv, 0), (*qkv, dim), (*qkv, 2 * dim)],
+            [q, k, v] => [(*q, 0), (*k, 0), (*v, 0)],
+            _ => bail!("attention takes 1 or 3 inputs, got {}", slices.len()),
         };
-        let (q, k, v) = (q.as_slice::<f32>()?, k.as_slice::<f32>()?, v.as_slice::<f32>()?);
         let (max, exp_sum) = (Func::ReduceMax.reduce_f32()?, Func::Softmax2.map_reduce_f32()?);
         // SAFETY: every block writes its rows of its head's channels.
         let mut output = unsafe { Tensor::uninitialized::<f32>(&[batch, tokens, dim])? };
@@ -250,25 +268,30 @@ impl EvalOp for MultiHeadAttentionF32 {
         let block = |unit: usize| -> TractResult<()> {
             let (b, h, first) = (unit / (self.heads * blocks), unit / blocks % self.heads, unit % blocks * QUERY_BLOCK);
             let rows = QUERY_BLOCK.min(tokens - first);
-            let at = |row: usize| (b * tokens + row) * dim + h * head_dim;
+            // Row `row` of head h in an operand (at its column) or the output.
+            fn at(values: &[f32], first: usize) -> &[f32] {
+                &values[first..]
+            }
+            let first_of = |column: usize, row: usize| (b * tokens + row) * width + column + h * head_dim;
+            let out_at = |row: usize| (b * tokens + row) * dim + h * head_dim;
             SCORES.with_borrow_mut(|scores| {
                 scores.resize(rows * tokens, 0.0);
                 // K_hᵀ read in place: column j of it is token j's key.
-                let keys = Matrix { data: &k[at(0)..], rows: head_dim, cols: tokens, row_stride: 1, col_stride: dim };
+                let keys = Matrix { data: at(k.0, first_of(k.1, 0)), rows: head_dim, cols: tokens, row_stride: 1, col_stride: width };
                 // SAFETY: the views lie inside q, k, v and `scores`; the
                 // output block (rows × head_dim at stride dim) is this
                 // unit's alone.
                 unsafe {
-                    product(Matrix::rows(&q[at(first)..], rows, head_dim, dim), keys, scores.as_mut_ptr(), tokens, false, self.scale, gemm::Parallelism::None);
+                    product(Matrix::rows(at(q.0, first_of(q.1, first)), rows, head_dim, width), keys, scores.as_mut_ptr(), tokens, false, self.scale, gemm::Parallelism::None);
                 }
                 let mut inverse_sums = [0f32; QUERY_BLOCK];
                 for (row, inverse) in scores.chunks_exact_mut(tokens).zip(&mut inverse_sums) {
                     let row_max = max.run(row)?;
                     *inverse = 1.0 / exp_sum.run_with_params(row, row_max)?;
                 }
-                let destination = unsafe { out.add(at(first)) };
+                let destination = unsafe { out.add(out_at(first)) };
                 unsafe {
-                    product(Matrix::rows(scores, rows, tokens, tokens), Matrix::rows(&v[at(0)..], tokens, head_dim, dim), destination, dim, false, 1.0, gemm::Parallelism::None);
+                    product(Matrix::rows(scores, rows, tokens, tokens), Matrix::rows(at(v.0, first_of(v.1, 0)), tokens, head_dim, width), destination, dim, false, 1.0, gemm::Parallelism::None);
                     for (row, inverse) in inverse_sums[..rows].iter().enumerate() {
                         std::slice::from_raw_parts_mut(destination.add(row * dim), head_dim).iter_mut().for_each(|o| *o *= inverse);
                     }
@@ -287,12 +310,16 @@ impl EvalOp for MultiHeadAttentionF32 {
 
 impl TypedOp for MultiHeadAttentionF32 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
+        let mut shape: TVec<TDim> = inputs[0].shape.to_tvec();
+        if inputs.len() == 1 {
+            shape[2] = shape[2].clone() / 3;
+        }
+        Ok(tvec!(f32::fact(shape)))
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
         // Two products of N·N·D multiply-adds per batch item.
-        let shape = &inputs[0].shape;
+        let shape = self.output_facts(inputs)?.remove(0).shape;
         Ok(tvec!((Cost::FMA(DatumType::F32), shape[0].clone() * shape[1].clone() * shape[1].clone() * shape[2].clone() * 2)))
     }
 
