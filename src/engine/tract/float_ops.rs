@@ -269,21 +269,19 @@ impl EvalOp for MultiHeadAttentionF32 {
         let block = |unit: usize| -> TractResult<()> {
             let (b, h, first) = (unit / (self.heads * blocks), unit / blocks % self.heads, unit % blocks * QUERY_BLOCK);
             let rows = QUERY_BLOCK.min(tokens - first);
-            // Row `row` of head h in an operand (at its column) or the output.
-            fn at(values: &[f32], first: usize) -> &[f32] {
-                &values[first..]
-            }
-            let first_of = |column: usize, row: usize| (b * tokens + row) * width + column + h * head_dim;
+            // Where head h's values of token `row` start, in an operand
+            // (its first channel at `column`) and in the output.
+            let operand_at = |column: usize, row: usize| (b * tokens + row) * width + column + h * head_dim;
             let out_at = |row: usize| (b * tokens + row) * dim + h * head_dim;
             SCORES.with_borrow_mut(|scores| {
                 scores.resize(rows * tokens, 0.0);
                 // K_hᵀ read in place: column j of it is token j's key.
-                let keys = Matrix { data: at(k.0, first_of(k.1, 0)), rows: head_dim, cols: tokens, row_stride: 1, col_stride: width };
+                let keys = Matrix { data: &k.0[operand_at(k.1, 0)..], rows: head_dim, cols: tokens, row_stride: 1, col_stride: width };
                 // SAFETY: the views lie inside q, k, v and `scores`; the
                 // output block (rows × head_dim at stride dim) is this
                 // unit's alone.
                 unsafe {
-                    product(Matrix::rows(at(q.0, first_of(q.1, first)), rows, head_dim, width), keys, scores.as_mut_ptr(), tokens, false, self.scale, gemm::Parallelism::None);
+                    product(Matrix::rows(&q.0[operand_at(q.1, first)..], rows, head_dim, width), keys, scores.as_mut_ptr(), tokens, false, self.scale, gemm::Parallelism::None);
                 }
                 let mut inverse_sums = [0f32; QUERY_BLOCK];
                 for (row, inverse) in scores.chunks_exact_mut(tokens).zip(&mut inverse_sums) {
@@ -292,7 +290,7 @@ impl EvalOp for MultiHeadAttentionF32 {
                 }
                 let destination = unsafe { out.add(out_at(first)) };
                 unsafe {
-                    product(Matrix::rows(scores, rows, tokens, tokens), Matrix::rows(at(v.0, first_of(v.1, 0)), tokens, head_dim, width), destination, dim, false, 1.0, gemm::Parallelism::None);
+                    product(Matrix::rows(scores, rows, tokens, tokens), Matrix::rows(&v.0[operand_at(v.1, 0)..], tokens, head_dim, width), destination, dim, false, 1.0, gemm::Parallelism::None);
                     for (row, inverse) in inverse_sums[..rows].iter().enumerate() {
                         std::slice::from_raw_parts_mut(destination.add(row * dim), head_dim).iter_mut().for_each(|o| *o *= inverse);
                     }
