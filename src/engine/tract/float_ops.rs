@@ -75,27 +75,47 @@ impl Expansion for LinearNode {
         let (weight, bias) = (constant(1)?, constant(2)?);
         ensure!(weight.rank() == 2 && bias.len() == weight.shape()[1], "{prefix}: weight {:?}, bias {:?}", weight.shape(), bias.shape());
         if !self.row_scale {
-            return model.wire_node(prefix, LinearF32 { weight, bias: Some(bias), row_scale: false }, &inputs[..1]);
+            return model.wire_node(prefix, LinearF32::new(weight, Some(bias), false)?, &inputs[..1]);
         }
         let (x, r) = (model.outlet_fact(inputs[0])?.shape.clone(), model.outlet_fact(inputs[3])?.shape.clone());
         let per_row = r.rank() == x.rank() && r.last() == Some(&1.into()) && r.iter().zip(x.iter()).rev().skip(1).all(|(a, b)| a == b);
         if per_row {
-            return model.wire_node(prefix, LinearF32 { weight, bias: Some(bias), row_scale: true }, &[inputs[0], inputs[3]]);
+            return model.wire_node(prefix, LinearF32::new(weight, Some(bias), true)?, &[inputs[0], inputs[3]]);
         }
         // Another broadcast of the scale: tract's own ops after the product.
-        let product = model.wire_node(format!("{prefix}.product"), LinearF32 { weight, bias: None, row_scale: false }, &inputs[..1])?[0];
+        let product = model.wire_node(format!("{prefix}.product"), LinearF32::new(weight, None, false)?, &inputs[..1])?[0];
         let scaled = wire_with_rank_broadcast(format!("{prefix}.scale"), model, mul(), &[product, inputs[3]])?[0];
         wire_with_rank_broadcast(prefix, model, add(), &[scaled, inputs[2]])
     }
 }
 
-/// `(x·W) ⊙ r + c` (`r` when `row_scale`, `c` when `bias`), with the rows
-/// of `x` scaled before the product.
+/// `(x·W) ⊙ r + c` (`r` when `row_scale`, `c` when `bias`). With `r`, the
+/// rows of `x` are scaled before the product, each followed by a 1 that
+/// takes the bias from an extra last row of the weight; without, the
+/// product is added to rows of the bias.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinearF32 {
+    /// `[K, N]`, or `[K + 1, N]` (the bias last) with `row_scale`.
     weight: Arc<Tensor>,
+    /// The bias rows the product is added to, without `row_scale`.
     bias: Option<Arc<Tensor>>,
     row_scale: bool,
+}
+
+impl LinearF32 {
+    /// The op for a `[K, N]` `weight` and a `[N]` `bias`.
+    fn new(weight: Arc<Tensor>, bias: Option<Arc<Tensor>>, row_scale: bool) -> TractResult<Self> {
+        if !row_scale {
+            return Ok(LinearF32 { weight, bias, row_scale });
+        }
+        let n = weight.shape()[1];
+        let bias = match bias {
+            Some(bias) => bias.into_tensor().into_shape(&[1, n])?,
+            None => Tensor::zero::<f32>(&[1, n])?,
+        };
+        let weight = Tensor::stack_tensors(0, &[weight.into_tensor(), bias])?;
+        Ok(LinearF32 { weight: weight.into_arc_tensor(), bias: None, row_scale })
+    }
 }
 
 impl Eq for LinearF32 {}
@@ -114,20 +134,23 @@ impl EvalOp for LinearF32 {
         let (k, n) = (self.weight.shape()[0], self.weight.shape()[1]);
         let x_view = inputs[0].try_as_plain_ram()?;
         let x = x_view.as_slice::<f32>()?;
-        ensure!(inputs[0].shape().last() == Some(&k), "input {:?} for a [{k}, {n}] weight", inputs[0].shape());
-        let m = x.len() / k;
-        let scaled: Vec<f32>;
+        let width = k - self.row_scale as usize;
+        ensure!(inputs[0].shape().last() == Some(&width), "input {:?} for a [{k}, {n}] weight", inputs[0].shape());
+        let m = x.len() / width;
+        let mut scaled: Vec<f32> = vec![];
         let lhs = if self.row_scale {
             let r_view = inputs[1].try_as_plain_ram()?;
             let r = r_view.as_slice::<f32>()?;
             ensure!(r.len() == m, "{} row scales for {m} rows", r.len());
-            scaled = {
-                let mut scaled = vec![0f32; x.len()];
-                for ((out, row), &s) in scaled.chunks_exact_mut(k).zip(x.chunks_exact(k)).zip(r) {
-                    out.iter_mut().zip(row).for_each(|(o, v)| *o = v * s);
+            scaled.resize(m * k, 0.0);
+            tract_linalg::multithread::par_chunks_mut(&mut scaled, k, m * k, |first_row, chunk| {
+                for (i, out) in chunk.chunks_exact_mut(k).enumerate() {
+                    let (row, s) = (&x[(first_row + i) * width..][..width], r[first_row + i]);
+                    out[..width].iter_mut().zip(row).for_each(|(o, v)| *o = v * s);
+                    out[width] = 1.0;
                 }
-                scaled
-            };
+                Ok(())
+            })?;
             &scaled[..]
         } else {
             x
@@ -164,8 +187,9 @@ impl TypedOp for LinearF32 {
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        let rows: TDim = inputs[0].shape.iter().rev().skip(1).product();
-        Ok(tvec!((Cost::FMA(DatumType::F32), rows * self.weight.len())))
+        // The product's own multiply-adds (not the bias row's).
+        let values: TDim = inputs[0].shape.iter().product();
+        Ok(tvec!((Cost::FMA(DatumType::F32), values * self.weight.shape()[1])))
     }
 
     as_op!();
