@@ -16,9 +16,10 @@
 //! r = 1 / sqrt(max(0, mean(x²) − mean(x)²) + ε)   (one value per token)
 //! ```
 //!
-//! Each product then reads `x` itself and is rescaled per token, a scaling
-//! tract fuses into its matrix-multiply kernel; what is left of the
-//! LayerNorm is two reductions per token. The outputs are the same up to
+//! Each product then reads `x` itself and is rescaled per token (inside the
+//! product: `onnx::linear`); what is left of the LayerNorm is `r`, one
+//! [`LAYER_NORM_SCALE`] node, a single pass over the tokens in tract
+//! (`engine::tract::float_ops`). The outputs are the same up to
 //! float rounding (the variance is computed as `mean(x²) − mean(x)²`).
 //! LayerNorms read by anything else (the backbone's last one, read by the
 //! token slice) are left as they are. In an int8 integer graph the
@@ -28,7 +29,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ndarray::{arr0, Array1, Array2, Axis};
+use ndarray::{Array1, Array2, Axis};
 
 use super::builder::{float, import_causeseg_domain, Builder};
 use super::{drop_unused, float_values, pb, GraphIndex};
@@ -37,9 +38,6 @@ use super::{drop_unused, float_values, pb, GraphIndex};
 struct LayerNorm {
     /// Its input.
     x: String,
-    /// Its `ReduceMean(x)` node (the mean per token), reused for the
-    /// statistics of the folded form.
-    mean: pb::NodeProto,
     gamma: Array1<f64>,
     beta: Array1<f64>,
     epsilon: f32,
@@ -73,6 +71,9 @@ pub fn fold_layer_norms(model: &pb::ModelProto) -> (pb::ModelProto, usize) {
         b.graph.node.push(node);
     }
     drop_unused(b.graph);
+    if !folds.is_empty() {
+        import_causeseg_domain(&mut model);
+    }
     (model, folds.len())
 }
 
@@ -166,13 +167,12 @@ fn layer_norm(index: &GraphIndex, node: &pb::NodeProto) -> Option<LayerNorm> {
     let (normalised, gamma) = index.with_constant(index.producer(scaled, "Mul")?, "Mul")?;
     let div = index.producer(normalised, "Div")?;
     let centred = index.producer(&div.input[0], "Sub")?;
-    let mean = last_axis_mean(index, &centred.input[1], &centred.input[0])?;
+    last_axis_mean(index, &centred.input[1], &centred.input[0])?;
     let (variance, epsilon) = index.with_constant(index.producer(&index.producer(&div.input[1], "Sqrt")?.input[0], "Add")?, "Add")?;
     let square = index.producer(&last_axis_mean(index, variance, "")?.input[0], "Pow")?;
     let is_square_of_centred = square.input[0] == centred.output[0] && index.constant(&square.input[1]).is_some_and(|e| e == [2.0]);
     (is_square_of_centred && gamma.len() == beta.len() && epsilon.len() == 1).then(|| LayerNorm {
         x: centred.input[0].clone(),
-        mean: mean.clone(),
         gamma: gamma.iter().map(|&v| v as f64).collect(),
         beta: beta.iter().map(|&v| v as f64).collect(),
         epsilon: epsilon[0],
@@ -189,23 +189,16 @@ fn last_axis_mean<'a>(index: &GraphIndex<'a>, tensor: &str, input: &str) -> Opti
     (last_axis && keeps_dims && mean.input.len() == 1 && (input.is_empty() || mean.input[0] == input)).then_some(mean)
 }
 
+/// Op type (domain `builder::CAUSESEG_DOMAIN`) of the per-token scale of
+/// a folded LayerNorm, `r = 1 / sqrt(max(0, mean(x²) − mean(x)²) + ε)` over
+/// the last axis: input `x`, attribute `epsilon`; output `x`'s shape with
+/// a last axis of 1.
+pub const LAYER_NORM_SCALE: &str = "LayerNormScale";
+
 /// Emits the per-token scale `r` of `ln` (output `ln_output`); returns its
 /// name.
 fn emit_scale(b: &mut Builder, ln: &LayerNorm, ln_output: &str) -> String {
-    let name = |step: &str| format!("{ln_output}/folded_{step}");
-    let mean = &ln.mean.output[0];
-    let square = b.node("Mul", &name("square"), &[&ln.x, &ln.x], vec![]);
-    // The mean of squares reduces like the LayerNorm's own mean.
-    let mean_square = format!("causeseg_{}", name("mean_square"));
-    b.graph.node.push(pb::NodeProto { input: vec![square], output: vec![mean_square.clone()], name: mean_square.clone(), ..ln.mean.clone() });
-    let mean_squared = b.node("Mul", &name("mean_squared"), &[mean, mean], vec![]);
-    let variance = b.node("Sub", &name("variance"), &[&mean_square, &mean_squared], vec![]);
-    // Rounding can take a constant token's variance below 0.
-    let variance = b.node("Relu", &name("variance_clamped"), &[&variance], vec![]);
-    let epsilon = b.initializer(&name("epsilon"), arr0(ln.epsilon).view().into_dyn());
-    let variance = b.node("Add", &name("variance_epsilon"), &[&variance, &epsilon], vec![]);
-    let deviation = b.node("Sqrt", &name("deviation"), &[&variance], vec![]);
-    b.node("Reciprocal", &name("scale"), &[&deviation], vec![])
+    b.causeseg_node(LAYER_NORM_SCALE, &format!("causeseg_{ln_output}/folded_scale"), &[&ln.x], vec![float("epsilon", ln.epsilon)])
 }
 
 /// A `[D, N]` float initializer as a matrix.
@@ -286,7 +279,9 @@ pub(crate) mod tests {
 
     fn run(model: &pb::ModelProto, x: &Array3<f32>) -> Vec<Vec<f32>> {
         let bytes = prost::Message::encode_to_vec(model);
-        let plan = tract_onnx::onnx().model_for_read(&mut bytes.as_slice()).unwrap().into_optimized().unwrap().into_runnable().unwrap();
+        let mut onnx = tract_onnx::onnx();
+        crate::engine::tract::register_ops(&mut onnx);
+        let plan = onnx.model_for_read(&mut bytes.as_slice()).unwrap().into_optimized().unwrap().into_runnable().unwrap();
         let outputs = plan.run(tvec!(Tensor::from(x.clone().into_dyn()).into_tvalue())).unwrap();
         outputs.iter().map(|o| o.to_plain_array_view::<f32>().unwrap().iter().copied().collect()).collect()
     }
