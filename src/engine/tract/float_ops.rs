@@ -67,15 +67,8 @@ impl Expansion for LinearNode {
     fn rules<'r, 'p: 'r, 's: 'r>(&'s self, s: &mut Solver<'r>, inputs: &'p [TensorProxy], outputs: &'p [TensorProxy]) -> InferenceResult {
         check_input_arity(inputs, 3 + self.row_scale as usize)?;
         check_output_arity(outputs, 1)?;
-        s.equals(&outputs[0].datum_type, DatumType::F32)?;
-        s.equals(&outputs[0].rank, &inputs[0].rank)?;
-        s.given(&inputs[0].rank, move |s, rank| {
-            let last = rank as usize - 1;
-            for axis in 0..last {
-                s.equals(&outputs[0].shape[axis], &inputs[0].shape[axis])?;
-            }
-            s.equals(&outputs[0].shape[last], &inputs[1].shape[1])
-        })
+        rows_of(s, &inputs[0], &outputs[0])?;
+        s.given(&inputs[0].rank, move |s, rank| s.equals(&outputs[0].shape[rank as usize - 1], &inputs[1].shape[1]))
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
@@ -98,6 +91,14 @@ impl Expansion for LinearNode {
         let scaled = wire_with_rank_broadcast(format!("{prefix}.scale"), model, mul(), &[product, inputs[3]])?[0];
         wire_with_rank_broadcast(prefix, model, add(), &[scaled, inputs[2]])
     }
+}
+
+/// Shape rules of an op mapping each row of `input`'s last axis to a row
+/// of `output`'s: a float output of the same rank and leading dimensions.
+fn rows_of<'r, 'p: 'r>(s: &mut Solver<'r>, input: &'p TensorProxy, output: &'p TensorProxy) -> InferenceResult {
+    s.equals(&output.datum_type, DatumType::F32)?;
+    s.equals(&output.rank, &input.rank)?;
+    s.given(&input.rank, move |s, rank| (0..rank as usize - 1).try_for_each(|axis| s.equals(&output.shape[axis], &input.shape[axis])))
 }
 
 /// `(x·W) ⊙ r + c` (`r` when `row_scale`, `c` when `bias`). With `r`, the
@@ -440,15 +441,8 @@ impl Expansion for LayerNormScaleF32 {
     fn rules<'r, 'p: 'r, 's: 'r>(&'s self, s: &mut Solver<'r>, inputs: &'p [TensorProxy], outputs: &'p [TensorProxy]) -> InferenceResult {
         check_input_arity(inputs, 1)?;
         check_output_arity(outputs, 1)?;
-        s.equals(&outputs[0].datum_type, DatumType::F32)?;
-        s.equals(&outputs[0].rank, &inputs[0].rank)?;
-        s.given(&inputs[0].rank, move |s, rank| {
-            let last = rank as usize - 1;
-            for axis in 0..last {
-                s.equals(&outputs[0].shape[axis], &inputs[0].shape[axis])?;
-            }
-            s.equals(&outputs[0].shape[last], TDim::from(1))
-        })
+        rows_of(s, &inputs[0], &outputs[0])?;
+        s.given(&inputs[0].rank, move |s, rank| s.equals(&outputs[0].shape[rank as usize - 1], TDim::from(1)))
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
