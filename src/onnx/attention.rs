@@ -283,11 +283,11 @@ pub(crate) mod tests {
     }
 
     /// The fused node in tract against tract's run of the pattern, on
-    /// 150 tokens (more than one block of queries, no multiple of 4), with
+    /// 301 tokens (two blocks of queries, 151 + 150; no multiple of 4), with
     /// three inputs and with the products packed.
     #[test]
     fn tract_runs_it_like_the_pattern() {
-        let (tokens, heads) = (150usize, 3);
+        let (tokens, heads) = (301usize, 3);
         let run = |model: &pb::ModelProto, inputs: usize, width: usize| {
             let mut onnx = tract_onnx::onnx();
             crate::engine::tract::register_ops(&mut onnx);

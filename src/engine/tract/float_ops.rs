@@ -214,7 +214,7 @@ const QUERY_BLOCK: usize = 256;
 
 /// `concat_h(softmax(scale · Q_h·K_hᵀ)·V_h)` over `[B, N, D]` inputs (or
 /// one `[B, N, 3·D]` input holding them side by side), one
-/// block of [`QUERY_BLOCK`] queries of one head at a time; the softmax's
+/// block of at most [`QUERY_BLOCK`] queries of one head at a time; the softmax's
 /// division moved after the second product (on `D/H` values per row
 /// instead of `N`).
 #[derive(Debug, Clone, PartialEq)]
@@ -301,10 +301,12 @@ impl EvalOp for MultiHeadAttentionF32 {
         // SAFETY: every block writes its rows of its head's channels.
         let mut output = unsafe { Tensor::uninitialized::<f32>(&[batch, tokens, dim])? };
         let out = SharedOutput(output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?.as_mut_ptr());
+        // Blocks of equal size, at most QUERY_BLOCK rows (257 tokens: 129 + 128, not 256 + 1).
         let blocks = tokens.div_ceil(QUERY_BLOCK);
+        let block_rows = tokens.div_ceil(blocks);
         let block = |unit: usize| -> TractResult<()> {
-            let (b, h, first) = (unit / (self.heads * blocks), unit / blocks % self.heads, unit % blocks * QUERY_BLOCK);
-            let rows = QUERY_BLOCK.min(tokens - first);
+            let (b, h, first) = (unit / (self.heads * blocks), unit / blocks % self.heads, unit % blocks * block_rows);
+            let rows = block_rows.min(tokens - first);
             // Where head h's values of token `row` start, in an operand
             // (its first channel at `column`) and in the output.
             let operand_at = |column: usize, row: usize| (b * tokens + row) * width + column + h * head_dim;
