@@ -13,6 +13,7 @@ use super::{Engine, EngineError, EngineSpec};
 pub mod float_ops;
 pub mod int8_ops;
 mod quantize;
+mod wide;
 
 /// The graph as an optimised tract plan plus its reusable state.
 pub struct TractEngine {

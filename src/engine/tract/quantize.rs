@@ -11,7 +11,7 @@ use tract_onnx::tract_core::ops::quant::QuantizeLinearI8;
 
 tract_core::element_wise_oop!(quantize_i8, QuantizeI8 { scale: f32, zero_point: i8 },
     [f32] => i8 |op, xs, ys| {
-        quantize_into(op.scale, op.zero_point, xs, ys);
+        super::wide::vectorised(|| quantize_into(op.scale, op.zero_point, xs, ys));
         Ok(())
     };
     prefix: "Vectorised"
@@ -22,6 +22,7 @@ tract_core::element_wise_oop!(quantize_i8, QuantizeI8 { scale: f32, zero_point: 
 /// tract stores it). Clamped first, in float, to the integers that stay in
 /// range after the zero point; then adding 1.5·2^23 rounds to the nearest
 /// integer, ties to even, and leaves it in the low bits.
+#[inline]
 pub fn quantize_into(scale: f32, zero_point: i8, xs: &[f32], ys: &mut [i8]) {
     const ROUNDER: f32 = 12_582_912.0;
     let offset = ROUNDER.to_bits() as i32 - i32::from(zero_point);
@@ -58,8 +59,12 @@ mod tests {
         let mut xs: Vec<f32> = (-3000..3000).map(|i| i as f32 * 0.125).collect();
         xs.extend([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, 127.5, -127.5, -128.5, 1e9, -1e9, 0.0, -0.0, f32::MIN_POSITIVE]);
         for (scale, zero_point) in [(1.0, 0i8), (0.37, 0), (2.0, 3), (1.0, -5)] {
-            let mut ys = vec![0i8; xs.len()];
+            // As the crate compiles it, and for the CPU's widest vectors
+            // (the op's path).
+            let (mut ys, mut wide_ys) = (vec![0i8; xs.len()], vec![0i8; xs.len()]);
             quantize_into(scale, zero_point, &xs, &mut ys);
+            super::super::wide::vectorised(|| quantize_into(scale, zero_point, &xs, &mut wide_ys));
+            assert_eq!(ys, wide_ys);
             for (x, y) in xs.iter().zip(&ys) {
                 assert_eq!(*y, quantize_linear_f32_i8(*x, scale, i32::from(zero_point)), "x {x} scale {scale} zero point {zero_point}");
             }
