@@ -472,12 +472,14 @@ impl EvalOp for LayerNormScaleF32 {
         let mut scales = vec![0f32; x.len() / width];
         let rows = scales.len();
         tract_linalg::multithread::par_chunks_mut(&mut scales, 1, rows * width, |first_row, chunk| {
-            for (i, scale) in chunk.iter_mut().enumerate() {
-                let (sum, sum_of_squares) = lane_moments(&x[(first_row + i) * width..][..width]);
-                let mean = sum / width as f32;
-                let variance = (sum_of_squares / width as f32 - mean * mean).max(0.0);
-                *scale = 1.0 / (variance + self.epsilon).sqrt();
-            }
+            super::wide::vectorised(|| {
+                for (i, scale) in chunk.iter_mut().enumerate() {
+                    let (sum, sum_of_squares) = lane_moments(&x[(first_row + i) * width..][..width]);
+                    let mean = sum / width as f32;
+                    let variance = (sum_of_squares / width as f32 - mean * mean).max(0.0);
+                    *scale = 1.0 / (variance + self.epsilon).sqrt();
+                }
+            });
             Ok(())
         })?;
         Ok(tvec!(Tensor::from_shape(&shape, &scales)?.into_tvalue()))
@@ -496,6 +498,7 @@ impl TypedOp for LayerNormScaleF32 {
 
 /// The sum and the sum of squares of `values`, in 16 interleaved partial
 /// sums each, which the compiler vectorises.
+#[inline(always)]
 fn lane_moments(values: &[f32]) -> (f32, f32) {
     let (mut sums, mut squares) = ([0f32; 16], [0f32; 16]);
     let chunks = values.chunks_exact(16);
