@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use ndarray::{concatenate, Array1, Array2, Axis};
 
-use super::builder::{float, import_causeseg_domain, int, Builder};
+use super::builder::{float, int, replace_nodes, Builder};
 use super::linear::LINEAR;
 use super::{drop_unused, pb, GraphIndex};
 
@@ -48,32 +48,20 @@ struct PackedProduct {
 /// (see the module doc) replaced by one [`MULTI_HEAD_ATTENTION`] node; and
 /// how many were.
 pub fn fuse_attention(model: &pb::ModelProto) -> (pb::ModelProto, usize) {
-    let mut model = model.clone();
-    let graph = model.graph.as_mut().expect("read_model checks the graph");
-    let matches: HashMap<String, Match> = {
-        let index = GraphIndex::new(graph);
-        graph.node.iter().filter_map(|node| Some((node.output.first()?.clone(), matched(&index, graph, node)?))).collect()
-    };
+    let graph = model.graph.as_ref().expect("read_model checks the graph");
+    let index = GraphIndex::new(graph);
+    let matches: HashMap<String, Match> = graph.node.iter().filter_map(|node| Some((node.output.first()?.clone(), matched(&index, graph, node)?))).collect();
     if matches.is_empty() {
-        return (model, 0);
+        return (model.clone(), 0);
     }
-    let old_nodes = std::mem::take(&mut graph.node);
-    let mut b = Builder { graph };
-    for node in old_nodes {
-        match node.output.first().and_then(|out| matches.get(out)) {
-            Some(m) => {
-                let attributes = vec![int("heads", m.heads), float("scale", m.scale)];
-                b.causeseg_node(MULTI_HEAD_ATTENTION, &node.output[0], &[&m.q, &m.k, &m.v], attributes);
-            }
-            None => b.graph.node.push(node),
-        }
-    }
+    let mut fused = replace_nodes(model, &matches, |b, out, m| {
+        let attributes = vec![int("heads", m.heads), float("scale", m.scale)];
+        b.causeseg_node(MULTI_HEAD_ATTENTION, out, &[&m.q, &m.k, &m.v], attributes);
+    });
     // The shape computations of the head split are gone now, so the three
     // products may be read by the attention alone.
-    drop_unused(b.graph);
-    pack_products(b.graph);
-    import_causeseg_domain(&mut model);
-    (model, matches.len())
+    pack_products(fused.graph.as_mut().expect("read_model checks the graph"));
+    (fused, matches.len())
 }
 
 /// Each attention node's query, key and value [`LINEAR`] products as one

@@ -2,9 +2,11 @@
 //! (every name prefixed `causeseg_`), for the head's emission and the fused
 //! graph.
 
+use std::collections::HashMap;
+
 use ndarray::ArrayViewD;
 
-use super::pb;
+use super::{drop_unused, pb};
 
 /// Appends nodes and initializers (names prefixed `causeseg_`) to a graph.
 pub struct Builder<'a> {
@@ -63,6 +65,26 @@ pub fn import_causeseg_domain(model: &mut pb::ModelProto) {
     if !model.opset_import.iter().any(|o| o.domain == CAUSESEG_DOMAIN) {
         model.opset_import.push(pb::OperatorSetIdProto { domain: CAUSESEG_DOMAIN.into(), version: 1 });
     }
+}
+
+/// `model` with each node whose first output is a key of `matches`
+/// replaced by what `emit` appends for it (given that output's name), the
+/// nodes and initializers nothing reads any more dropped and causeseg's
+/// domain imported: the common end of the rewrites of tract's form.
+pub fn replace_nodes<M>(model: &pb::ModelProto, matches: &HashMap<String, M>, mut emit: impl FnMut(&mut Builder, &str, &M)) -> pb::ModelProto {
+    let mut model = model.clone();
+    let graph = model.graph.as_mut().expect("read_model checks the graph");
+    let old_nodes = std::mem::take(&mut graph.node);
+    let mut b = Builder { graph };
+    for node in old_nodes {
+        match node.output.first().and_then(|out| matches.get(out).map(|m| (out, m))) {
+            Some((out, m)) => emit(&mut b, out, m),
+            None => b.graph.node.push(node),
+        }
+    }
+    drop_unused(b.graph);
+    import_causeseg_domain(&mut model);
+    model
 }
 
 /// An integer node attribute.

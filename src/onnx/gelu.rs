@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 
-use super::builder::{import_causeseg_domain, Builder};
-use super::{drop_unused, pb, GraphIndex};
+use super::builder::replace_nodes;
+use super::{pb, GraphIndex};
 
 /// Op type (domain `builder::CAUSESEG_DOMAIN`) of `int8(GELU(int32 · scale + bias))`:
 /// inputs the int32 product, `scale` (one per output channel, or one),
@@ -31,30 +31,18 @@ struct Match {
 /// were. GELU as the backbone's export writes it: `x · (Erf(x / √2) + 1) ·
 /// 0.5`.
 pub fn fuse_gelu_quantize(model: &pb::ModelProto) -> (pb::ModelProto, usize) {
-    let mut model = model.clone();
-    let graph = model.graph.as_mut().expect("read_model checks the graph");
-    let matches: HashMap<String, Match> = {
-        let index = GraphIndex::new(graph);
-        graph.node.iter().filter_map(|q| Some((q.output.first()?.clone(), matched(&index, graph, q)?))).collect()
-    };
+    let graph = model.graph.as_ref().expect("read_model checks the graph");
+    let index = GraphIndex::new(graph);
+    let matches: HashMap<String, Match> = graph.node.iter().filter_map(|q| Some((q.output.first()?.clone(), matched(&index, graph, q)?))).collect();
     if matches.is_empty() {
-        return (model, 0);
+        return (model.clone(), 0);
     }
-    let old_nodes = std::mem::take(&mut graph.node);
-    let mut b = Builder { graph };
-    for node in old_nodes {
-        let Some(m) = node.output.first().and_then(|out| matches.get(out)) else {
-            b.graph.node.push(node);
-            continue;
-        };
-        let out = &node.output[0];
+    let fused = replace_nodes(model, &matches, |b, out, m| {
         let scale = b.initializer(&format!("{out}/dequantize_scale"), ndarray::ArrayD::from_shape_vec(vec![m.scale.len()], m.scale.clone()).expect("1-D").view());
         let bias = b.initializer(&format!("{out}/bias"), ndarray::ArrayD::from_shape_vec(vec![m.bias.len()], m.bias.clone()).expect("1-D").view());
         b.causeseg_node(DEQUANTIZE_GELU_QUANTIZE, out, &[&m.product, &scale, &bias, &m.y_scale], vec![]);
-    }
-    drop_unused(b.graph);
-    import_causeseg_domain(&mut model);
-    (model, matches.len())
+    });
+    (fused, matches.len())
 }
 
 /// `q` as the end of the pattern, every value inside read only inside it.

@@ -31,7 +31,7 @@ use std::collections::{HashMap, HashSet};
 
 use ndarray::{Array1, Array2, Axis};
 
-use super::builder::{float, import_causeseg_domain, Builder};
+use super::builder::{float, import_causeseg_domain, replace_nodes, Builder};
 use super::{drop_unused, float_values, pb, GraphIndex};
 
 /// A decomposed LayerNorm over the last axis, as matched in a graph.
@@ -86,28 +86,16 @@ pub const LAYER_NORM_QUANTIZE: &str = "LayerNormQuantizeLinear";
 /// zero-point-0 int8 `QuantizeLinear` replaced, with that quantization, by
 /// one [`LAYER_NORM_QUANTIZE`] node; and how many were.
 pub fn fuse_quantize(model: &pb::ModelProto) -> (pb::ModelProto, usize) {
-    let mut model = model.clone();
-    let graph = model.graph.as_mut().expect("read_model checks the graph");
-    let fusions = quantized(graph);
+    let fusions = quantized(model.graph.as_ref().expect("read_model checks the graph"));
     if fusions.is_empty() {
-        return (model, 0);
+        return (model.clone(), 0);
     }
-    let old_nodes = std::mem::take(&mut graph.node);
-    let mut b = Builder { graph };
-    for node in old_nodes {
-        let Some((ln, scale)) = node.output.first().and_then(|out| fusions.get(out)) else {
-            b.graph.node.push(node);
-            continue;
-        };
-        let out = &node.output[0];
+    let fused = replace_nodes(model, &fusions, |b, out, (ln, scale)| {
         let gamma = b.initializer(&format!("{out}/gamma"), ln.gamma.mapv(|v| v as f32).view().into_dyn());
         let beta = b.initializer(&format!("{out}/beta"), ln.beta.mapv(|v| v as f32).view().into_dyn());
-        let epsilon = float("epsilon", ln.epsilon);
-        b.causeseg_node(LAYER_NORM_QUANTIZE, out, &[&ln.x, &gamma, &beta, scale], vec![epsilon]);
-    }
-    drop_unused(b.graph);
-    import_causeseg_domain(&mut model);
-    (model, fusions.len())
+        b.causeseg_node(LAYER_NORM_QUANTIZE, out, &[&ln.x, &gamma, &beta, scale], vec![float("epsilon", ln.epsilon)]);
+    });
+    (fused, fusions.len())
 }
 
 /// The LayerNorms of `graph` whose only reader is an int8 `QuantizeLinear`

@@ -11,12 +11,12 @@
 //! `c`) and constant per-channel scales (LayerScale; multiplied into `W`
 //! and `c`), so tract makes no extra pass over the product for them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use ndarray::{Array1, Array2, Axis};
 
-use super::builder::{import_causeseg_domain, Builder};
-use super::{drop_unused, float_values, pb, GraphIndex};
+use super::builder::replace_nodes;
+use super::{float_values, pb, GraphIndex};
 
 /// Op type (domain `builder::CAUSESEG_DOMAIN`) of `y = (x·W) ⊙ r + c`:
 /// inputs `x [.., M, K]`, `W` (a constant `[K, N]`), `c` (a constant
@@ -35,47 +35,27 @@ struct Match {
 /// steps after it whose intermediate values nothing else reads) replaced
 /// by one [`LINEAR`] node; and how many were.
 pub fn fuse_linear(model: &pb::ModelProto) -> (pb::ModelProto, usize) {
-    let mut model = model.clone();
-    let graph = model.graph.as_mut().expect("read_model checks the graph");
-    let (matches, absorbed): (HashMap<String, Match>, HashSet<String>) = {
-        let index = GraphIndex::new(graph);
-        let mut absorbed = HashSet::new();
-        let matches = graph
-            .node
-            .iter()
-            .filter_map(|node| {
-                let (end, m, steps) = matched(&index, graph, node)?;
-                absorbed.extend(steps);
-                Some((end, m))
-            })
-            .collect();
-        (matches, absorbed)
-    };
+    let graph = model.graph.as_ref().expect("read_model checks the graph");
+    let index = GraphIndex::new(graph);
+    let matches: HashMap<String, Match> = graph.node.iter().filter_map(|node| matched(&index, graph, node)).collect();
     if matches.is_empty() {
-        return (model, 0);
+        return (model.clone(), 0);
     }
-    let old_nodes = std::mem::take(&mut graph.node);
-    let mut b = Builder { graph };
-    for node in old_nodes {
-        let Some(end) = node.output.first().filter(|out| absorbed.contains(*out)) else {
-            b.graph.node.push(node);
-            continue;
-        };
-        let Some(m) = matches.get(end) else { continue };
+    // The steps before each match's last node are read by nothing else,
+    // so they go once it is replaced.
+    let fused = replace_nodes(model, &matches, |b, end, m| {
         let weight = b.initializer(&format!("{end}/weight"), m.weight.view().into_dyn());
         let bias = b.initializer(&format!("{end}/bias"), m.bias.view().into_dyn());
         let mut inputs = vec![m.x.as_str(), &weight, &bias];
         inputs.extend(m.row_scale.as_deref());
         b.causeseg_node(LINEAR, end, &inputs, vec![]);
-    }
-    drop_unused(b.graph);
-    import_causeseg_domain(&mut model);
-    (model, matches.len())
+    });
+    (fused, matches.len())
 }
 
-/// `node` as the product of a match: the name of the match's last tensor,
-/// the match, and the outputs of every node it replaces.
-fn matched(index: &GraphIndex, graph: &pb::GraphProto, node: &pb::NodeProto) -> Option<(String, Match, Vec<String>)> {
+/// `node` as the product of a match: the name of the match's last tensor
+/// and the match.
+fn matched(index: &GraphIndex, graph: &pb::GraphProto, node: &pb::NodeProto) -> Option<(String, Match)> {
     let float = pb::tensor_proto::DataType::Float as i32;
     let [x, w] = node.input.as_slice() else { return None };
     let tensor = index.initializers.get(w.as_str()).filter(|t| node.op_type == "MatMul" && t.data_type == float && t.dims.len() == 2)?;
@@ -109,7 +89,7 @@ fn matched(index: &GraphIndex, graph: &pb::GraphProto, node: &pb::NodeProto) -> 
         }
         steps.push(next.output[0].clone());
     }
-    Some((steps.last().expect("the product").clone(), m, steps))
+    Some((steps.pop().expect("the product"), m))
 }
 
 /// Whether the constant operand of `node` (`len` values) broadcasts along
@@ -132,6 +112,7 @@ fn broadcast(values: &[f32], n: usize) -> Array1<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::onnx::builder::Builder;
     use crate::onnx::{float_value_info, Dim};
     use ndarray::{array, Array3, ArrayD};
     use tract_onnx::prelude::*;

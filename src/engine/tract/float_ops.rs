@@ -19,6 +19,8 @@ use tract_onnx::tract_core::ops::change_axes::wire_with_rank_broadcast;
 use tract_onnx::tract_core::ops::math::{add, mul};
 use tract_onnx::Onnx;
 
+use super::constant_input;
+
 pub use crate::onnx::attention::MULTI_HEAD_ATTENTION;
 pub use crate::onnx::layer_norm::LAYER_NORM_SCALE;
 pub use crate::onnx::linear::LINEAR;
@@ -72,11 +74,7 @@ impl Expansion for LinearNode {
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        let constant = |ix: usize| -> TractResult<Arc<Tensor>> {
-            let konst = model.outlet_fact(inputs[ix])?.konst.clone().with_context(|| format!("{prefix}: input {ix} is not a constant"))?;
-            Ok(konst.cast_to::<f32>()?.into_owned().into_arc_tensor())
-        };
-        let (weight, bias) = (constant(1)?, constant(2)?);
+        let (weight, bias) = (constant_input(model, inputs, 1, prefix)?, constant_input(model, inputs, 2, prefix)?);
         ensure!(weight.rank() == 2 && bias.len() == weight.shape()[1], "{prefix}: weight {:?}, bias {:?}", weight.shape(), bias.shape());
         if !self.row_scale {
             return model.wire_node(prefix, LinearF32::new(weight, Some(bias), false)?, &inputs[..1]);

@@ -17,6 +17,7 @@ use tract_onnx::Onnx;
 pub use crate::onnx::gelu::DEQUANTIZE_GELU_QUANTIZE;
 pub use crate::onnx::layer_norm::LAYER_NORM_QUANTIZE;
 
+use super::constant_input;
 use super::quantize::quantize_into;
 
 /// Teaches `onnx` both nodes. [`LAYER_NORM_QUANTIZE`]: inputs `x`, `gamma`,
@@ -70,10 +71,7 @@ impl Expansion for Int8RowNode {
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        let constant = |ix: usize| -> TractResult<Arc<Tensor>> {
-            let konst = model.outlet_fact(inputs[ix])?.konst.clone().with_context(|| format!("{}: input {ix} is not a constant", self.name()))?;
-            Ok(konst.cast_to::<f32>()?.into_owned().into_arc_tensor())
-        };
+        let constant = |ix: usize| constant_input(model, inputs, ix, &self.name());
         let (a, b) = (constant(1)?, constant(2)?);
         let inverse_scale = 1.0 / constant(3)?.cast_to_scalar::<f32>()?;
         match self.kind {

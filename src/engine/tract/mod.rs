@@ -64,6 +64,14 @@ pub fn register_ops(onnx: &mut tract_onnx::Onnx) {
     int8_ops::register(onnx);
 }
 
+/// Input `ix` of a node being wired into `model`, which must be a
+/// constant, as f32 (for causeseg's ops, whose weights are constants);
+/// `node` names the node in the error.
+pub(crate) fn constant_input(model: &TypedModel, inputs: &[OutletId], ix: usize, node: &str) -> TractResult<Arc<Tensor>> {
+    let konst = model.outlet_fact(inputs[ix])?.konst.clone().ok_or_else(|| tract_onnx::tract_core::internal::format_err!("{node}: input {ix} is not a constant"))?;
+    Ok(konst.cast_to::<f32>()?.into_owned().into_arc_tensor())
+}
+
 /// Time one kind of operation took in a profiled run.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct OpTime {
