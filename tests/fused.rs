@@ -171,14 +171,18 @@ fn tracts_form_runs_like_the_fused_graph() {
         // read by the token slice, does not), and nothing is left to fold.
         let folds = |path: &Path| causeseg::onnx::layer_norm::fold_layer_norms(&causeseg::onnx::read_model(path).unwrap()).1;
         assert_eq!((folds(&spec.path), folds(&tract_form)), (24, 0));
-        // Each block's attention is one node, and every float product with
-        // a constant weight (4 per block plus the head's) one Linear node.
-        // (The TR head's own attention, one head written differently, stays.)
+        // Each block's attention and the TR head's two (one head each) are
+        // one node, every float product with a constant weight (4 per block
+        // plus the head's) one Linear node, with the GELU after each
+        // block's first MLP product and the residual sum after its last.
         let (graph, form) = (causeseg::onnx::read_model(&spec.path).unwrap(), causeseg::onnx::read_model(&tract_form).unwrap());
         let count = |model: &causeseg::onnx::pb::ModelProto, op: &str| model.graph.as_ref().unwrap().node.iter().filter(|n| n.op_type == op).count();
-        assert_eq!(count(&form, causeseg::onnx::attention::MULTI_HEAD_ATTENTION), 12);
-        assert_eq!(count(&form, "Softmax"), count(&graph, "Softmax") - 12);
-        assert!(count(&form, causeseg::onnx::linear::LINEAR) >= 48, "{} Linear nodes", count(&form, causeseg::onnx::linear::LINEAR));
+        assert_eq!(count(&form, causeseg::onnx::attention::MULTI_HEAD_ATTENTION), 14);
+        assert_eq!((count(&form, "Softmax"), count(&graph, "Softmax")), (0, 14));
+        let linears: Vec<&causeseg::onnx::pb::NodeProto> = form.graph.as_ref().unwrap().node.iter().filter(|n| n.op_type == causeseg::onnx::linear::LINEAR).collect();
+        assert!(linears.len() >= 48, "{} Linear nodes", linears.len());
+        assert_eq!((count(&form, "Erf"), linears.iter().filter(|n| n.attribute.iter().any(|a| a.name == "activation")).count()), (0, 12));
+        assert!(linears.iter().filter(|n| n.input.len() == 5).count() >= 24, "every block's two residual sums on their products");
         let engine = EngineConfig::new(EngineChoice::Tract, &cache);
         let mut folded = PatchInference::load(spec.clone(), input, &engine).unwrap();
         let mut plain = PatchInference::load(causeseg::engine::EngineSpec { tract_graph: None, ..spec }, input, &engine).unwrap();

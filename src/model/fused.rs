@@ -31,7 +31,7 @@ use crate::onnx::{self, attention, float_value_info, gelu, int64_value_info, lay
 pub const LAYOUT_VERSION: u32 = 1;
 /// Version of tract's form of the fused graph ([`tract_graph`]), part of
 /// its file name, so a change to the rewrites never reuses an older file.
-pub const TRACT_FORM_VERSION: u32 = 6;
+pub const TRACT_FORM_VERSION: u32 = 7;
 /// Name of the fused graph's per-patch score output `[N, T, K]`.
 pub const SCORES_OUTPUT: &str = "concept_scores";
 /// Name of the fused graph's per-patch argmax output, int64 `[N, T]`.

@@ -11,6 +11,9 @@
 //! When the query, key and value are [`LINEAR`] nodes on the same input
 //! (`onnx::linear`, run before), they become one product whose output
 //! holds the three side by side: the input is read, and rescaled, once.
+//! The segmentation head's attentions (one head on `[B, N, D]` operands:
+//! `softmax(s · q·kᵀ)·v`, the key transposed) become the same node with
+//! one head.
 
 use std::collections::HashMap;
 
@@ -22,8 +25,9 @@ use super::{drop_unused, pb, GraphIndex};
 
 /// Op type (domain `builder::CAUSESEG_DOMAIN`) of
 /// `concat_h(softmax(scale · Q_h·K_hᵀ)·V_h)`: inputs `q`, `k`, `v`, each
-/// `[B, N, D]` with head `h` in channels `h·D/H .. (h+1)·D/H`; attributes
-/// `heads` (H) and `scale`; output `[B, N, D]`.
+/// `[B, N, D]` with head `h` in channels `h·D/H .. (h+1)·D/H` (`k`, `v`
+/// may have another number of tokens than `q`); attributes `heads` (H) and
+/// `scale`; output `[B, N, D]`, `N` the queries'.
 pub const MULTI_HEAD_ATTENTION: &str = "MultiHeadAttention";
 
 /// One matched attention, by its output's name.
@@ -44,8 +48,8 @@ struct PackedProduct {
     row_scale: Option<String>,
 }
 
-/// `model` with every attention written as the backbone's export writes it
-/// (see the module doc) replaced by one [`MULTI_HEAD_ATTENTION`] node; and
+/// `model` with every attention written as the backbone's export or the
+/// head writes it (see the module doc) replaced by one [`MULTI_HEAD_ATTENTION`] node; and
 /// how many were.
 pub fn fuse_attention(model: &pb::ModelProto) -> (pb::ModelProto, usize) {
     let graph = model.graph.as_ref().expect("read_model checks the graph");
@@ -88,17 +92,22 @@ fn pack_products(graph: &mut pb::GraphProto) {
     drop_unused(b.graph);
 }
 
-/// `reshape` as the end of an attention, every value inside read only
-/// inside it.
-fn matched(index: &GraphIndex, graph: &pb::GraphProto, reshape: &pb::NodeProto) -> Option<Match> {
-    if reshape.op_type != "Reshape" {
-        return None;
-    }
+/// `end` as the end of an attention, every value inside read only
+/// inside it: the backbone's (several heads, ending in the `Reshape` that
+/// merges them) or the head's (one head of `[B, N, D]` operands, ending in
+/// the values' `MatMul`).
+fn matched(index: &GraphIndex, graph: &pb::GraphProto, end: &pb::NodeProto) -> Option<Match> {
     let inside = |tensor: &str| index.read_only_inside(graph, tensor, 1);
-    let merged = transposed(index, &reshape.input[0], &[0, 2, 1, 3])?;
-    let values_product = index.producer(merged, "MatMul").filter(|_| inside(merged))?;
+    let (values_product, rank) = match end.op_type.as_str() {
+        "Reshape" => {
+            let merged = transposed(index, &end.input[0], &[0, 2, 1, 3])?;
+            (index.producer(merged, "MatMul").filter(|_| inside(merged))?, 4)
+        }
+        "MatMul" => (end, 3),
+        _ => return None,
+    };
     let [probabilities, values] = values_product.input.as_slice() else { return None };
-    let softmax = index.producer(probabilities, "Softmax").filter(|s| inside(probabilities) && last_axis(s))?;
+    let softmax = index.producer(probabilities, "Softmax").filter(|s| inside(probabilities) && last_axis(s, rank))?;
     let (mut scores, mut scale) = (softmax.input[0].as_str(), 1.0);
     if let Some((unscaled, factor)) = scalar_scale(index, scores) {
         (scores, scale) = (unscaled, factor);
@@ -109,6 +118,10 @@ fn matched(index: &GraphIndex, graph: &pb::GraphProto, reshape: &pb::NodeProto) 
         if let Some((unscaled, factor)) = scalar_scale(index, operand) {
             (*operand, scale) = (unscaled, scale * factor);
         }
+    }
+    if rank == 3 {
+        let k = transposed(index, key, &[0, 2, 1]).filter(|_| inside(key))?;
+        return Some(Match { q: query.into(), k: k.into(), v: values.clone(), heads: 1, scale });
     }
     let (q, heads) = split_heads(index, graph, transposed(index, query, &[0, 2, 1, 3])?)?;
     let (k, key_heads) = split_heads(index, graph, transposed(index, key, &[0, 2, 3, 1])?)?;
@@ -151,9 +164,9 @@ fn transposed<'a>(index: &GraphIndex<'a>, tensor: &str, perm: &[i64]) -> Option<
     same.then_some(node.input[0].as_str())
 }
 
-/// Whether `softmax` normalises over the last of four axes.
-fn last_axis(softmax: &pb::NodeProto) -> bool {
-    softmax.attribute.iter().find(|a| a.name == "axis").is_none_or(|a| a.i == -1 || a.i == 3)
+/// Whether `softmax` normalises over the last of `rank` axes.
+fn last_axis(softmax: &pb::NodeProto, rank: i64) -> bool {
+    softmax.attribute.iter().find(|a| a.name == "axis").is_none_or(|a| a.i == -1 || a.i == rank - 1)
 }
 
 /// The unscaled input and the factor of `tensor` when it is a `Mul` or
@@ -235,6 +248,37 @@ pub(crate) mod tests {
         }
     }
 
+    /// The head's attention: `q [1, queries, 8]`, `k`, `v` `[1, keys, 8]`,
+    /// `y = Softmax(MatMul(q, Transpose(k)) · 0.125) · v`.
+    fn single_head_graph(queries: i64, keys: i64) -> pb::ModelProto {
+        let mut g = pb::GraphProto::default();
+        let mut b = Builder { graph: &mut g };
+        let factor = b.initializer("factor", arr0(0.125f32).view().into_dyn());
+        b.node_named("Transpose", "k_t", &["k"], vec![ints("perm", &[0, 2, 1])]);
+        b.node_named("MatMul", "scores", &["q", "k_t"], vec![]);
+        b.node_named("Mul", "scaled", &["scores", &factor], vec![]);
+        b.node_named("Softmax", "weights", &["scaled"], vec![int("axis", -1)]);
+        b.node_named("MatMul", "y", &["weights", "v"], vec![]);
+        let info = |name: &str, tokens: i64| float_value_info(name, &[Dim::Value(1), Dim::Value(tokens), Dim::Value(8)]);
+        pb::ModelProto {
+            ir_version: 8,
+            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 14 }],
+            graph: Some(pb::GraphProto { input: vec![info("q", queries), info("k", keys), info("v", keys)], output: vec![info("y", queries)], ..g }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_heads_single_head_attention_becomes_one_node() {
+        let (fused, count) = fuse_attention(&single_head_graph(7, 300));
+        assert_eq!(count, 1);
+        let g = fused.graph.as_ref().unwrap();
+        let node = &g.node[..];
+        assert_eq!((node.len(), node[0].op_type.as_str(), node[0].input.as_slice()), (1, MULTI_HEAD_ATTENTION, ["q", "k", "v"].map(String::from).as_slice()));
+        let attribute = |name: &str| node[0].attribute.iter().find(|a| a.name == name).cloned().unwrap();
+        assert_eq!((attribute("heads").i, attribute("scale").f), (1, 0.125));
+    }
+
     #[test]
     fn the_pattern_becomes_one_node() {
         let (fused, count) = fuse_attention(&attention_graph(5, 3, false));
@@ -272,27 +316,32 @@ pub(crate) mod tests {
 
     /// The fused node in tract against tract's run of the pattern, on
     /// 301 tokens (two blocks of queries, 151 + 150; no multiple of 4), with
-    /// three inputs and with the products packed.
+    /// three inputs and with the products packed; and the head's single
+    /// head with 300 queries and 257 keys.
     #[test]
     fn tract_runs_it_like_the_pattern() {
-        let (tokens, heads) = (301usize, 3);
-        let run = |model: &pb::ModelProto, inputs: usize, width: usize| {
+        let run = |model: &pb::ModelProto, inputs: &[(usize, usize)]| {
             let mut onnx = tract_onnx::onnx();
             crate::engine::tract::register_ops(&mut onnx);
             let bytes = prost::Message::encode_to_vec(model);
             let plan = onnx.model_for_read(&mut bytes.as_slice()).unwrap().into_optimized().unwrap().into_runnable().unwrap();
-            let input = |seed: usize| Array3::from_shape_fn((1, tokens, width), |(_, t, c)| ((t * 31 + c * 17 + seed * 7) % 23) as f32 / 7.0 - 1.5).into_dyn();
-            let outputs = plan.run((0..inputs).map(|s| input(s).into_tensor().into_tvalue()).collect()).unwrap();
+            let input = |seed: usize, (tokens, width): (usize, usize)| Array3::from_shape_fn((1, tokens, width), |(_, t, c)| ((t * 31 + c * 17 + seed * 7) % 23) as f32 / 7.0 - 1.5).into_dyn();
+            let outputs = plan.run(inputs.iter().enumerate().map(|(s, &shape)| input(s, shape).into_tensor().into_tvalue()).collect()).unwrap();
             outputs[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect::<Vec<f32>>()
         };
-        for projected in [false, true] {
-            let model = attention_graph(tokens as i64, heads as i64, projected);
+        let (tokens, heads) = (301usize, 3);
+        let cases = [
+            (attention_graph(tokens as i64, heads as i64, false), vec![(tokens, 4 * heads); 3]),
+            (attention_graph(tokens as i64, heads as i64, true), vec![(tokens, 5)]),
+            (single_head_graph(300, 257), vec![(300, 8), (257, 8), (257, 8)]),
+        ];
+        for (model, inputs) in cases {
             let fused = fuse_attention(&crate::onnx::linear::fuse_linear(&model).0).0;
-            let (inputs, width) = if projected { (1, 5) } else { (3, 4 * heads) };
-            let (expected, got) = (run(&model, inputs, width), run(&fused, inputs, width));
+            assert!(fused.graph.as_ref().unwrap().node.iter().any(|n| n.op_type == MULTI_HEAD_ATTENTION));
+            let (expected, got) = (run(&model, &inputs), run(&fused, &inputs));
             assert_eq!(expected.len(), got.len());
             let max_diff = expected.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(max_diff < 1e-5, "max diff {max_diff} (projected: {projected})");
+            assert!(max_diff < 1e-5, "max diff {max_diff} (inputs {inputs:?})");
         }
     }
 }

@@ -97,6 +97,11 @@ pub fn float(name: &str, value: f32) -> pb::AttributeProto {
     pb::AttributeProto { name: name.into(), f: value, r#type: pb::attribute_proto::AttributeType::Float as i32, ..Default::default() }
 }
 
+/// A string node attribute.
+pub fn string(name: &str, value: &str) -> pb::AttributeProto {
+    pb::AttributeProto { name: name.into(), s: value.as_bytes().to_vec(), r#type: pb::attribute_proto::AttributeType::String as i32, ..Default::default() }
+}
+
 /// An integer-list node attribute.
 pub fn ints(name: &str, values: &[i64]) -> pb::AttributeProto {
     pb::AttributeProto { name: name.into(), ints: values.to_vec(), r#type: pb::attribute_proto::AttributeType::Ints as i32, ..Default::default() }

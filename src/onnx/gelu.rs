@@ -48,24 +48,32 @@ pub fn fuse_gelu_quantize(model: &pb::ModelProto) -> (pb::ModelProto, usize) {
 /// `q` as the end of the pattern, every value inside read only inside it.
 fn matched(index: &GraphIndex, graph: &pb::GraphProto, q: &pb::NodeProto) -> Option<Match> {
     let (gelu, y_scale) = index.int8_quantize(q)?;
+    let biased = index.producer(exact_gelu_input(index, graph, gelu)?, "Add")?;
+    let (rescaled, bias) = index.with_constant(biased, "Add")?;
+    let (cast, scale) = index.with_constant(index.producer(rescaled, "Mul")?, "Mul")?;
+    let cast_node = index.producer(cast, "Cast")?;
+    let product_int32 = index.producer(&cast_node.input[0], "MatMulInteger")?;
+    let per_channel = scale.len() == 1 || scale.len() == bias.len();
+    let inside = [(cast, 1), (rescaled, 1), (&biased.output[0], 2), (gelu, 1), (&product_int32.output[0], 1)]
+        .iter()
+        .all(|&(tensor, readers)| index.read_only_inside(graph, tensor, readers));
+    (per_channel && inside).then(|| Match { product: product_int32.output[0].clone(), scale, bias, y_scale: y_scale.to_string() })
+}
+
+/// The input `x` of `gelu` when it is the end of GELU as the backbone's
+/// export writes it, `x · (Erf(x / √2) + 1) · 0.5`, with the values
+/// between `x` and `gelu` read only inside it (`x` itself and `gelu` may
+/// be read elsewhere).
+pub fn exact_gelu_input<'g>(index: &GraphIndex<'g>, graph: &pb::GraphProto, gelu: &str) -> Option<&'g str> {
     let (product, half) = index.with_constant(index.producer(gelu, "Mul")?, "Mul")?;
     let product_node = index.producer(product, "Mul")?;
     let [p0, p1] = product_node.input.as_slice() else { return None };
     // x · (Erf(x / √2) + 1), in either order.
     let (x, erf_plus_one) = [(p0, p1), (p1, p0)].into_iter().find(|(_, e)| index.producer(e, "Add").is_some())?;
     let (erf, one) = index.with_constant(index.producer(erf_plus_one, "Add")?, "Add")?;
-    let (divided, root_two) = index.with_constant(index.producer(&index.producer(erf, "Erf")?.input[0], "Div")?, "Div")?;
-    let biased = index.producer(x, "Add")?;
-    let (rescaled, bias) = index.with_constant(biased, "Add")?;
-    let (cast, scale) = index.with_constant(index.producer(rescaled, "Mul")?, "Mul")?;
-    let cast_node = index.producer(cast, "Cast")?;
-    let product_int32 = index.producer(&cast_node.input[0], "MatMulInteger")?;
+    let erf_node = index.producer(erf, "Erf")?;
+    let (divided, root_two) = index.with_constant(index.producer(&erf_node.input[0], "Div")?, "Div")?;
     let is_gelu = divided == x && half == [0.5] && one == [1.0] && root_two.len() == 1 && (root_two[0] - std::f32::consts::SQRT_2).abs() < 1e-6;
-    let per_channel = scale.len() == 1 || scale.len() == bias.len();
-    let inside = [(cast, 1), (rescaled, 1), (x.as_str(), 2), (erf, 1), (erf_plus_one.as_str(), 1), (product, 1), (gelu, 1)]
-        .iter()
-        .all(|&(tensor, readers)| index.read_only_inside(graph, tensor, readers))
-        && index.read_only_inside(graph, &product_int32.output[0], 1)
-        && index.read_only_inside(graph, &index.producer(erf, "Erf")?.input[0], 1);
-    (is_gelu && per_channel && inside).then(|| Match { product: product_int32.output[0].clone(), scale, bias, y_scale: y_scale.to_string() })
+    let inside = [product, erf, erf_plus_one.as_str(), erf_node.input[0].as_str()].iter().all(|t| index.read_only_inside(graph, t, 1));
+    (is_gelu && inside).then_some(x.as_str())
 }

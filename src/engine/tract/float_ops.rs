@@ -17,19 +17,22 @@ use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_core::ops::change_axes::wire_with_rank_broadcast;
 use tract_onnx::tract_core::ops::math::{add, mul};
+use tract_onnx::tract_core::ops::nn::gelu_exact::gelu_exact;
 use tract_onnx::Onnx;
 
-use super::constant_input;
+use super::{constant_input, wide};
 
 pub use crate::onnx::attention::MULTI_HEAD_ATTENTION;
 pub use crate::onnx::layer_norm::LAYER_NORM_SCALE;
 pub use crate::onnx::linear::LINEAR;
+use crate::onnx::linear::GELU;
 
 /// Teaches `onnx` the three nodes. [`LAYER_NORM_SCALE`]: input `x`,
 /// attribute `epsilon`; output `1 / sqrt(max(0, mean(x²) − mean(x)²) + ε)`
 /// per row of the last axis, shape `[.., 1]`. [`LINEAR`]: inputs `x [.., M, K]`, `W` (a
-/// constant `[K, N]`), `c` (a constant `[N]`) and optionally `r [.., M,
-/// 1]`; output `(x·W) ⊙ r + c`. [`MULTI_HEAD_ATTENTION`]: inputs `q`, `k`,
+/// constant `[K, N]`), `c` (a constant `[N]`), optionally `r [.., M,
+/// 1]` (or an empty name) and the residual `s`, attribute `activation`
+/// (`"gelu"` or absent); output `act((x·W) ⊙ r + c + s)`. [`MULTI_HEAD_ATTENTION`]: inputs `q`, `k`,
 /// `v` `[B, N, D]` (or one `[B, N, 3·D]` holding them side by side),
 /// attributes `heads` and `scale`; output `[B, N, D]`.
 pub fn register(onnx: &mut Onnx) {
@@ -44,8 +47,14 @@ fn parse_layer_norm_scale(_ctx: &ParsingContext, node: &NodeProto) -> TractResul
 }
 
 fn parse_linear(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    ensure!(matches!(node.input.len(), 3 | 4), "{LINEAR} takes 3 or 4 inputs, {} has {}", node.name, node.input.len());
-    Ok((expand(LinearNode { row_scale: node.input.len() == 4 }), vec![]))
+    ensure!((3..=5).contains(&node.input.len()), "{LINEAR} takes 3 to 5 inputs, {} has {}", node.name, node.input.len());
+    let present = |i: usize| node.input.get(i).is_some_and(|name| !name.is_empty());
+    let gelu = match node.get_attr_opt::<String>("activation")? {
+        None => false,
+        Some(a) if a == GELU => true,
+        Some(other) => bail!("{}: unknown activation {other:?} (known: {GELU:?})", node.name),
+    };
+    Ok((expand(LinearNode { row_scale: present(3), residual: present(4), gelu }), vec![]))
 }
 
 fn parse_attention(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
@@ -55,10 +64,13 @@ fn parse_attention(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<
     Ok((expand(MultiHeadAttentionF32 { heads: heads as usize, scale }), vec![]))
 }
 
-/// A [`LINEAR`] node before its constants are known.
+/// A [`LINEAR`] node before its constants are known: which of the
+/// optional inputs and the activation it has.
 #[derive(Debug, Clone)]
 struct LinearNode {
     row_scale: bool,
+    residual: bool,
+    gelu: bool,
 }
 
 impl Expansion for LinearNode {
@@ -67,7 +79,7 @@ impl Expansion for LinearNode {
     }
 
     fn rules<'r, 'p: 'r, 's: 'r>(&'s self, s: &mut Solver<'r>, inputs: &'p [TensorProxy], outputs: &'p [TensorProxy]) -> InferenceResult {
-        check_input_arity(inputs, 3 + self.row_scale as usize)?;
+        check_input_arity(inputs, 3 + self.row_scale as usize + self.residual as usize)?;
         check_output_arity(outputs, 1)?;
         rows_of(s, &inputs[0], &outputs[0])?;
         s.given(&inputs[0].rank, move |s, rank| s.equals(&outputs[0].shape[rank as usize - 1], &inputs[1].shape[1]))
@@ -76,18 +88,38 @@ impl Expansion for LinearNode {
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
         let (weight, bias) = (constant_input(model, inputs, 1, prefix)?, constant_input(model, inputs, 2, prefix)?);
         ensure!(weight.rank() == 2 && bias.len() == weight.shape()[1], "{prefix}: weight {:?}, bias {:?}", weight.shape(), bias.shape());
-        if !self.row_scale {
-            return model.wire_node(prefix, LinearF32::new(weight, Some(bias), false)?, &inputs[..1]);
+        let row_scale = self.row_scale.then(|| inputs[3]);
+        let residual = self.residual.then(|| inputs[3 + self.row_scale as usize]);
+        let x = model.outlet_fact(inputs[0])?.shape.clone();
+        let mut y = x.to_tvec();
+        *y.last_mut().context("Linear of a scalar")? = weight.shape()[1].into();
+        let per_row = match row_scale {
+            Some(r) => {
+                let r = &model.outlet_fact(r)?.shape;
+                r.rank() == x.rank() && r.last() == Some(&1.into()) && r.iter().zip(x.iter()).rev().skip(1).all(|(a, b)| a == b)
+            }
+            None => true,
+        };
+        let same_shape = residual.map_or(Ok(true), |s| Ok::<_, TractError>(*model.outlet_fact(s)?.shape == *y))?;
+        if per_row && same_shape {
+            let op = LinearF32::new(weight, bias, row_scale.is_some(), residual.is_some(), self.gelu)?;
+            let op_inputs: TVec<OutletId> = std::iter::once(inputs[0]).chain(row_scale).chain(residual).collect();
+            return model.wire_node(prefix, op, &op_inputs);
         }
-        let (x, r) = (model.outlet_fact(inputs[0])?.shape.clone(), model.outlet_fact(inputs[3])?.shape.clone());
-        let per_row = r.rank() == x.rank() && r.last() == Some(&1.into()) && r.iter().zip(x.iter()).rev().skip(1).all(|(a, b)| a == b);
-        if per_row {
-            return model.wire_node(prefix, LinearF32::new(weight, Some(bias), true)?, &[inputs[0], inputs[3]]);
+        // Another broadcast of the scale or the residual: tract's own ops
+        // after the product.
+        let mut y = model.wire_node(format!("{prefix}.product"), LinearF32::new(weight, Tensor::zero::<f32>(&[bias.len()])?.into_arc_tensor(), false, false, false)?, &inputs[..1])?[0];
+        if let Some(r) = row_scale {
+            y = wire_with_rank_broadcast(format!("{prefix}.scale"), model, mul(), &[y, r])?[0];
         }
-        // Another broadcast of the scale: tract's own ops after the product.
-        let product = model.wire_node(format!("{prefix}.product"), LinearF32::new(weight, None, false)?, &inputs[..1])?[0];
-        let scaled = wire_with_rank_broadcast(format!("{prefix}.scale"), model, mul(), &[product, inputs[3]])?[0];
-        wire_with_rank_broadcast(prefix, model, add(), &[scaled, inputs[2]])
+        y = wire_with_rank_broadcast(format!("{prefix}.bias"), model, add(), &[y, inputs[2]])?[0];
+        if let Some(s) = residual {
+            y = wire_with_rank_broadcast(format!("{prefix}.residual"), model, add(), &[y, s])?[0];
+        }
+        if self.gelu {
+            y = model.wire_node(format!("{prefix}.gelu"), gelu_exact(), &[y])?[0];
+        }
+        Ok(tvec!(y))
     }
 }
 
@@ -99,32 +131,33 @@ fn rows_of<'r, 'p: 'r>(s: &mut Solver<'r>, input: &'p TensorProxy, output: &'p T
     s.given(&input.rank, move |s, rank| (0..rank as usize - 1).try_for_each(|axis| s.equals(&output.shape[axis], &input.shape[axis])))
 }
 
-/// `(x·W) ⊙ r + c` (`r` when `row_scale`, `c` when `bias`). With `r`, the
-/// rows of `x` are scaled before the product, each followed by a 1 that
-/// takes the bias from an extra last row of the weight; without, the
-/// product is added to rows of the bias.
+/// `act((x·W) ⊙ r + c + s)` (`r` when `row_scale`, the residual `s` when
+/// `residual`, act GELU when `gelu`). With `r`, the rows of `x` are scaled
+/// before the product, each followed by a 1 that takes the bias from an
+/// extra last row of the weight; without, the product is added to rows of
+/// the bias. The residual is copied into the output first and the product
+/// added to it; the GELU runs over the output's rows in parallel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinearF32 {
     /// `[K, N]`, or `[K + 1, N]` (the bias last) with `row_scale`.
     weight: Arc<Tensor>,
-    /// The bias rows the product is added to, without `row_scale`.
+    /// The bias (`[N]`) the product is added to, without `row_scale`.
     bias: Option<Arc<Tensor>>,
     row_scale: bool,
+    residual: bool,
+    gelu: bool,
 }
 
 impl LinearF32 {
-    /// The op for a `[K, N]` `weight` and a `[N]` `bias`.
-    fn new(weight: Arc<Tensor>, bias: Option<Arc<Tensor>>, row_scale: bool) -> TractResult<Self> {
+    /// The op for a `[K, N]` `weight` and a `[N]` `bias`; its inputs are
+    /// `x`, then `r` with `row_scale`, then `s` with `residual`.
+    fn new(weight: Arc<Tensor>, bias: Arc<Tensor>, row_scale: bool, residual: bool, gelu: bool) -> TractResult<Self> {
         if !row_scale {
-            return Ok(LinearF32 { weight, bias, row_scale });
+            return Ok(LinearF32 { weight, bias: Some(bias), row_scale, residual, gelu });
         }
         let n = weight.shape()[1];
-        let bias = match bias {
-            Some(bias) => bias.into_tensor().into_shape(&[1, n])?,
-            None => Tensor::zero::<f32>(&[1, n])?,
-        };
-        let weight = Tensor::stack_tensors(0, &[weight.into_tensor(), bias])?;
-        Ok(LinearF32 { weight: weight.into_arc_tensor(), bias: None, row_scale })
+        let weight = Tensor::stack_tensors(0, &[weight.into_tensor(), bias.into_tensor().into_shape(&[1, n])?])?;
+        Ok(LinearF32 { weight: weight.into_arc_tensor(), bias: None, row_scale, residual, gelu })
     }
 }
 
@@ -167,26 +200,62 @@ impl EvalOp for LinearF32 {
         };
         let mut shape: TVec<usize> = inputs[0].shape().into();
         *shape.last_mut().expect("rank checked by the rules") = n;
-        // SAFETY: every value is written below (bias rows, or the product).
+        let residual_view = self.residual.then(|| inputs[inputs.len() - 1].try_as_plain_ram()).transpose()?;
+        let residual = residual_view.as_ref().map(|v| v.as_slice::<f32>()).transpose()?;
+        ensure!(residual.is_none_or(|s| s.len() == m * n), "residual {:?} for a [{m}, {n}] output", inputs[inputs.len() - 1].shape());
+        let bias_view = self.bias.as_ref().map(|b| b.try_as_plain_ram()).transpose()?;
+        let bias = bias_view.as_ref().map(|v| v.as_slice::<f32>()).transpose()?;
+        // SAFETY: every value is written below (the rows the product is
+        // added to, or the product).
         let mut output = unsafe { Tensor::uninitialized::<f32>(&shape)? };
         {
             let mut y_view = output.try_as_plain_ram_mut()?;
             let y = y_view.as_slice_mut::<f32>()?;
-            if let Some(bias) = &self.bias {
-                let bias_view = bias.try_as_plain_ram()?;
-                let bias = bias_view.as_slice::<f32>()?;
-                y.chunks_exact_mut(n).for_each(|row| row.copy_from_slice(bias));
+            let accumulate = residual.is_some() || bias.is_some();
+            if accumulate {
+                tract_linalg::multithread::par_chunks_mut(y, n, m * n, |first_row, chunk| {
+                    for (i, row) in chunk.chunks_exact_mut(n).enumerate() {
+                        match (residual.map(|s| &s[(first_row + i) * n..][..n]), bias) {
+                            (Some(s), Some(b)) => row.iter_mut().zip(s.iter().zip(b)).for_each(|(o, (s, b))| *o = s + b),
+                            (Some(s), None) => row.copy_from_slice(s),
+                            (None, Some(b)) => row.copy_from_slice(b),
+                            (None, None) => unreachable!("accumulating onto something"),
+                        }
+                    }
+                    Ok(())
+                })?;
             }
             let w_view = self.weight.try_as_plain_ram()?;
             let w = w_view.as_slice::<f32>()?;
             in_tract_pool(|parallelism| {
                 // SAFETY: the three buffers are row-major with the sizes
                 // and strides given (checked above), `y` not aliased.
-                unsafe { product(Matrix::rows(lhs, m, k, k), Matrix::rows(w, k, n, n), y.as_mut_ptr(), n, self.bias.is_some(), 1.0, parallelism) }
+                unsafe { product(Matrix::rows(lhs, m, k, k), Matrix::rows(w, k, n, n), y.as_mut_ptr(), n, accumulate, 1.0, parallelism) }
             });
+            if self.gelu {
+                exact_gelu(y, n)?;
+            }
         }
         Ok(tvec!(output.into_tvalue()))
     }
+}
+
+/// `y ← y · (erf(y / √2) + 1) / 2`, rows of `n` values spread over tract's
+/// threads, erf by tract's own kernel (as its `GeluExact` does on one
+/// thread).
+fn exact_gelu(y: &mut [f32], n: usize) -> TractResult<()> {
+    let erf = Func::Erf.ew_f32()?;
+    tract_linalg::multithread::par_chunks_mut(y, n, y.len(), |_, chunk| {
+        let mut scratch = vec![0f32; n];
+        wide::vectorised(|| {
+            for row in chunk.chunks_exact_mut(n) {
+                scratch.iter_mut().zip(row.iter()).for_each(|(s, v)| *s = v * std::f32::consts::FRAC_1_SQRT_2);
+                erf.run(&mut scratch)?;
+                row.iter_mut().zip(&scratch).for_each(|(v, e)| *v *= 0.5 * (e + 1.0));
+            }
+            Ok(())
+        })
+    })
 }
 
 impl TypedOp for LinearF32 {
@@ -239,8 +308,10 @@ impl Expansion for MultiHeadAttentionF32 {
             return s.given(&inputs[0].shape[2], move |s, packed| s.equals(&outputs[0].shape[2], packed / 3));
         }
         check_input_arity(inputs, 3)?;
-        s.equals(&inputs[0].shape, &inputs[1].shape)?;
-        s.equals(&inputs[0].shape, &inputs[2].shape)?;
+        s.equals(&inputs[1].rank, 3)?;
+        s.equals(&inputs[1].shape, &inputs[2].shape)?;
+        s.equals(&inputs[0].shape[0], &inputs[1].shape[0])?;
+        s.equals(&inputs[0].shape[2], &inputs[1].shape[2])?;
         s.equals(&outputs[0].shape, &inputs[0].shape)
     }
 
@@ -283,16 +354,20 @@ impl EvalOp for MultiHeadAttentionF32 {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let &[batch, tokens, width] = inputs[0].shape() else { bail!("attention input {:?} is not [B, N, D]", inputs[0].shape()) };
-        // Three inputs [B, N, D], or one packed [B, N, 3·D].
-        let dim = if inputs.len() == 1 { width / 3 } else { width };
+        // Three inputs [B, N, D] (the keys' and values' N may differ from
+        // the queries'), or one packed [B, N, 3·D].
+        let (dim, keys) = match inputs.len() {
+            1 => (width / 3, tokens),
+            _ => (width, inputs[1].shape()[1]),
+        };
         ensure!(dim % self.heads == 0, "{dim} channels do not split into {} heads", self.heads);
         let head_dim = dim / self.heads;
         let views = inputs.iter().map(|i| i.try_as_plain_ram()).collect::<TractResult<Vec<_>>>()?;
         let slices = views.iter().map(|v| v.as_slice::<f32>()).collect::<TractResult<Vec<_>>>()?;
-        // Each operand's values and the column of its first channel.
+        // Each operand's values, the column of its first channel and its tokens.
         let [q, k, v] = match slices.as_slice() {
-            [qkv] => [(*qkv, 0), (*qkv, dim), (*qkv, 2 * dim)],
-            [q, k, v] => [(*q, 0), (*k, 0), (*v, 0)],
+            [qkv] => [(*qkv, 0, tokens), (*qkv, dim, tokens), (*qkv, 2 * dim, tokens)],
+            [q, k, v] => [(*q, 0, tokens), (*k, 0, keys), (*v, 0, keys)],
             _ => bail!("attention takes 1 or 3 inputs, got {}", slices.len()),
         };
         let (max, exp_sum) = (Func::ReduceMax.reduce_f32()?, Func::Softmax2.map_reduce_f32()?);
@@ -306,27 +381,27 @@ impl EvalOp for MultiHeadAttentionF32 {
             let (b, h, first) = (unit / (self.heads * blocks), unit / blocks % self.heads, unit % blocks * block_rows);
             let rows = block_rows.min(tokens - first);
             // Where head h's values of token `row` start, in an operand
-            // (its first channel at `column`) and in the output.
-            let operand_at = |column: usize, row: usize| (b * tokens + row) * width + column + h * head_dim;
+            // and in the output.
+            let operand_at = |(_, column, tokens): (&[f32], usize, usize), row: usize| (b * tokens + row) * width + column + h * head_dim;
             let out_at = |row: usize| (b * tokens + row) * dim + h * head_dim;
             SCORES.with_borrow_mut(|scores| {
-                scores.resize(rows * tokens, 0.0);
+                scores.resize(rows * keys, 0.0);
                 // K_hᵀ read in place: column j of it is token j's key.
-                let keys = Matrix { data: &k.0[operand_at(k.1, 0)..], rows: head_dim, cols: tokens, row_stride: 1, col_stride: width };
+                let key_matrix = Matrix { data: &k.0[operand_at(k, 0)..], rows: head_dim, cols: keys, row_stride: 1, col_stride: width };
                 // SAFETY: the views lie inside q, k, v and `scores`; the
                 // output block (rows × head_dim at stride dim) is this
                 // unit's alone.
                 unsafe {
-                    product(Matrix::rows(&q.0[operand_at(q.1, first)..], rows, head_dim, width), keys, scores.as_mut_ptr(), tokens, false, self.scale, gemm::Parallelism::None);
+                    product(Matrix::rows(&q.0[operand_at(q, first)..], rows, head_dim, width), key_matrix, scores.as_mut_ptr(), keys, false, self.scale, gemm::Parallelism::None);
                 }
                 let mut inverse_sums = [0f32; QUERY_BLOCK];
-                for (row, inverse) in scores.chunks_exact_mut(tokens).zip(&mut inverse_sums) {
+                for (row, inverse) in scores.chunks_exact_mut(keys).zip(&mut inverse_sums) {
                     let row_max = max.run(row)?;
                     *inverse = 1.0 / exp_sum.run_with_params(row, row_max)?;
                 }
                 let destination = unsafe { out.add(out_at(first)) };
                 unsafe {
-                    product(Matrix::rows(scores, rows, tokens, tokens), Matrix::rows(&v.0[operand_at(v.1, 0)..], tokens, head_dim, width), destination, dim, false, 1.0, gemm::Parallelism::None);
+                    product(Matrix::rows(scores, rows, keys, keys), Matrix::rows(&v.0[operand_at(v, 0)..], keys, head_dim, width), destination, dim, false, 1.0, gemm::Parallelism::None);
                     for (row, inverse) in inverse_sums[..rows].iter().enumerate() {
                         std::slice::from_raw_parts_mut(destination.add(row * dim), head_dim).iter_mut().for_each(|o| *o *= inverse);
                     }
@@ -353,9 +428,10 @@ impl TypedOp for MultiHeadAttentionF32 {
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        // Two products of N·N·D multiply-adds per batch item.
+        // Two products of N·M·D multiply-adds per batch item (N queries, M keys).
         let shape = self.output_facts(inputs)?.remove(0).shape;
-        Ok(tvec!((Cost::FMA(DatumType::F32), shape[0].clone() * shape[1].clone() * shape[1].clone() * shape[2].clone() * 2)))
+        let keys = inputs.get(1).map_or(shape[1].clone(), |k| k.shape[1].clone());
+        Ok(tvec!((Cost::FMA(DatumType::F32), shape[0].clone() * shape[1].clone() * keys * shape[2].clone() * 2)))
     }
 
     as_op!();
