@@ -168,6 +168,29 @@ fn the_integer_form_agrees_with_the_qdq_form() {
     assert_close(&out[1], &a.insert_axis(Axis(0)).into_dyn(), "a, the activation product, in float");
 }
 
+/// The dequantized form (tract's form of an int8 model on CPUs without
+/// int8 dot products): no Q/DQ left, no integer product, and the int8
+/// weights in float: x·fq(w1) with x itself unquantized.
+#[test]
+fn the_dequantized_form_is_float_with_the_int8_weights() {
+    let w1 = values(&[8, 6], 1, 1.5).into_dimensionality().unwrap();
+    let w2 = values(&[6, 5], 2, 0.7).into_dimensionality().unwrap();
+    let x: Array3<f32> = values(&[1, 4, 8], 3, 2.0).into_dimensionality().unwrap();
+    let model = toy_graph(&w1, &w2);
+    let quantized = qdq::quantize(&model, &table(&[("x", 1.6), ("x_t", 1.9)], vec![])).unwrap();
+    let dequantized = integer::dequantized_form(&quantized);
+    let ops: Vec<&str> = dequantized.graph.as_ref().unwrap().node.iter().map(|n| n.op_type.as_str()).collect();
+    assert!(ops.iter().all(|op| !["QuantizeLinear", "DequantizeLinear", "MatMulInteger"].contains(op)), "{ops:?}");
+    let out = run_tract(&dequantized, &x);
+    let x2: Array2<f32> = x.index_axis(Axis(0), 0).to_owned();
+    let y = softmax_rows(&x2.dot(&fake_quant_columns(&w1))).dot(&w2);
+    assert_close(&out[0], &y.insert_axis(Axis(0)).into_dyn(), "y, dequantized form vs x·fq(w1)");
+    // The weights are the int8 ones (not the float model's).
+    let float = run_tract(&model, &x);
+    let change = float[0].iter().zip(&out[0]).map(|(f, q)| (f - q).abs()).fold(0f32, f32::max);
+    assert!(change > 1e-6, "dequantized output equals float: {change}");
+}
+
 #[test]
 fn excluded_nodes_stay_float_and_excluding_all_is_an_error() {
     let w = values(&[8, 6], 1, 1.0).into_dimensionality().unwrap();
@@ -365,9 +388,16 @@ fn an_int8_model_directory_end_to_end() {
     let spec = causeseg::model::fused::engine_spec(&int8_model, &backbone, &common::cache_dir()).unwrap();
     let tract_graph = spec.tract_graph.expect("tract runs its own form");
     let ops: Vec<String> = causeseg::onnx::read_model(&tract_graph).unwrap().graph.unwrap().node.into_iter().map(|n| n.op_type).collect();
-    assert!(ops.iter().any(|op| op == "MatMulInteger"));
-    assert!(ops.iter().any(|op| op == causeseg::onnx::layer_norm::LAYER_NORM_QUANTIZE));
-    assert!(ops.iter().any(|op| op == causeseg::onnx::gelu::DEQUANTIZE_GELU_QUANTIZE));
+    if causeseg::engine::tract::has_int8_dot_product() {
+        assert!(ops.iter().any(|op| op == "MatMulInteger"));
+        assert!(ops.iter().any(|op| op == causeseg::onnx::layer_norm::LAYER_NORM_QUANTIZE));
+        assert!(ops.iter().any(|op| op == causeseg::onnx::gelu::DEQUANTIZE_GELU_QUANTIZE));
+    } else {
+        // No int8 dot products on this CPU: the weights run dequantized.
+        assert!(tract_graph.to_string_lossy().ends_with(".dequantized.onnx"), "{}", tract_graph.display());
+        assert!(ops.iter().all(|op| !["MatMulInteger", "QuantizeLinear", "DequantizeLinear"].contains(&op.as_str())), "{ops:?}");
+        assert!(ops.iter().any(|op| op == causeseg::onnx::linear::LINEAR));
+    }
     // bench compares the float model and its int8 calibration side by side.
     let models = format!("{},{}", default_model(), out.display());
     let bench = causeseg(&["bench", "--model", &models, "--engine", "tract", "--frames", "1", "--warmup", "0", "--size", "224x224", "--json"]);

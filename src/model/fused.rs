@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Model, ModelError};
 use crate::calibrate::{integer, qdq, TABLE_FILE};
-use crate::engine::EngineSpec;
+use crate::engine::{tract, EngineSpec};
 use crate::head::Head;
 use crate::onnx::builder::{int, Builder};
 use crate::onnx::{self, attention, float_value_info, gelu, int64_value_info, layer_norm, linear, pb, Dim, OnnxError};
@@ -77,23 +77,34 @@ pub fn engine_spec(model: &Model, backbone: &Path, cache: &Path) -> Result<Engin
 /// a bare backbone) in the form tract runs fastest, with the same outputs:
 /// an `int8` QDQ graph as its integer form (`calibrate::integer`) with each
 /// LayerNorm, and each MLP's rescale + GELU, and the quantization of its
-/// output as one node (`onnx::layer_norm`, `onnx::gelu`); LayerNorms
-/// folded into the products that read them (`onnx::layer_norm`); each
-/// float product with a constant weight, with its affine epilogue, as one
-/// node (`onnx::linear`) and each attention as one node, its three
-/// products as one (`onnx::attention`), both run on the `gemm` crate
+/// output as one node (`onnx::layer_norm`, `onnx::gelu`) — or, on a CPU
+/// without int8 dot-product instructions (see
+/// [`tract::has_int8_dot_product`]), as a float graph with its int8
+/// weights dequantized; LayerNorms folded into the products that read them
+/// (`onnx::layer_norm`); each float product with a constant weight, with
+/// its affine epilogue, GELU or residual sum, as one node (`onnx::linear`)
+/// and each attention as one node, its three products as one
+/// (`onnx::attention`), both run on the `gemm` crate
 /// (`engine::tract::float_ops`). Read from beside `graph`
-/// (`<name>.tract<version>.onnx`) when built before, else built and stored
-/// there.
+/// (`<name>.tract<version>.onnx`, `.tract<version>.dequantized.onnx`) when
+/// built before, else built and stored there.
 pub fn tract_graph(graph: &Path, int8: bool) -> Result<PathBuf, ModelError> {
-    let path = graph.with_extension(format!("tract{TRACT_FORM_VERSION}.onnx"));
+    let integer = int8 && tract::has_int8_dot_product();
+    let dequantized = if int8 && !integer { ".dequantized" } else { "" };
+    let path = graph.with_extension(format!("tract{TRACT_FORM_VERSION}{dequantized}.onnx"));
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if int8 && !integer {
+        WARNED.call_once(|| log::warn!("this CPU has no int8 dot-product instructions (AVX-512 VNNI or AVX-VNNI; ARM dotprod), on which tract's int8 products are slower than its float ones: tract runs this int8 model's weights dequantized, in float"));
+    }
     if !path.is_file() {
         let mut form = onnx::read_model(graph)?;
         let (mut products, mut quantized, mut gelus) = (0, 0, 0);
-        if int8 {
+        if integer {
             (form, products) = integer::integer_form(&form);
             (form, quantized) = layer_norm::fuse_quantize(&form);
             (form, gelus) = gelu::fuse_gelu_quantize(&form);
+        } else if int8 {
+            form = integer::dequantized_form(&form);
         }
         let (form, folded) = layer_norm::fold_layer_norms(&form);
         let (form, linears) = linear::fuse_linear(&form);
