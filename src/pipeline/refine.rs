@@ -150,28 +150,34 @@ impl GuidedFilter {
         }
         let coefficients = box_mean(coefficients.view(), self.radius);
 
-        // At full resolution: smooth coefficients, sharp guide, argmax.
+        // At full resolution: smooth coefficients, sharp guide, argmax. Each
+        // output row first blends the two grid rows around it into one row
+        // of cells, so each pixel blends two cells instead of four.
         let fx = sample_axis(w, lw, 1.0, 0.0, 1, lw as usize);
         let fy = sample_axis(h, lh, 1.0, 0.0, 1, lh as usize);
         let co = coefficients.as_slice().expect("standard layout");
-        let cell = |y: usize, x: usize| &co[(y * lw as usize + x) * 4 * k..(y * lw as usize + x + 1) * 4 * k];
+        let grid_row = lw as usize * 4 * k;
         let mut labels = vec![0u8; (w * h) as usize];
-        labels.par_chunks_mut(w as usize).zip(fy.par_iter()).enumerate().for_each(|(y, (row, &(y0, y1, wy)))| {
-            for (x, (px, &(x0, x1, wx))) in row.iter_mut().zip(&fx).enumerate() {
-                let i = guide.get_pixel(x as u32, y as u32).0.map(|v| v as f32 / 255.0);
-                let (a, b, c, d) = (cell(y0, x0), cell(y0, x1), cell(y1, x0), cell(y1, x1));
-                let (wa, wb, wc, wd) = ((1.0 - wy) * (1.0 - wx), (1.0 - wy) * wx, wy * (1.0 - wx), wy * wx);
-                let mut best = (f32::NEG_INFINITY, 0u8);
-                for ch in 0..k {
-                    let coef = |j: usize| wa * a[4 * ch + j] + wb * b[4 * ch + j] + wc * c[4 * ch + j] + wd * d[4 * ch + j];
-                    let q = coef(0) * i[0] + coef(1) * i[1] + coef(2) * i[2] + coef(3);
-                    if q > best.0 {
-                        best = (q, ch as u8);
+        labels.par_chunks_mut(w as usize).zip(fy.par_iter()).enumerate().for_each_init(
+            || vec![0f32; grid_row],
+            |blended, (y, (row, &(y0, y1, wy)))| {
+                let (upper, lower) = (&co[y0 * grid_row..][..grid_row], &co[y1 * grid_row..][..grid_row]);
+                blended.iter_mut().zip(upper.iter().zip(lower)).for_each(|(b, (u, l))| *b = u + wy * (l - u));
+                for (x, (px, &(x0, x1, wx))) in row.iter_mut().zip(&fx).enumerate() {
+                    let i = guide.get_pixel(x as u32, y as u32).0.map(|v| v as f32 / 255.0);
+                    let (left, right) = (&blended[x0 * 4 * k..][..4 * k], &blended[x1 * 4 * k..][..4 * k]);
+                    let mut best = (f32::NEG_INFINITY, 0u8);
+                    for (ch, (l, r)) in left.chunks_exact(4).zip(right.chunks_exact(4)).enumerate() {
+                        let coef = |j: usize| l[j] + wx * (r[j] - l[j]);
+                        let q = coef(0) * i[0] + coef(1) * i[1] + coef(2) * i[2] + coef(3);
+                        if q > best.0 {
+                            best = (q, ch as u8);
+                        }
                     }
+                    *px = best.1;
                 }
-                *px = best.1;
-            }
-        });
+            },
+        );
         GrayImage::from_raw(w, h, labels).expect("buffer sized to the image")
     }
 }
@@ -179,25 +185,34 @@ impl GuidedFilter {
 /// Mean of every channel over the (2r+1)² window around each cell, the
 /// window clipped at the borders.
 fn box_mean(x: ArrayView3<f32>, r: usize) -> Array3<f32> {
-    let rows = box_mean_along(x, Axis(0), r);
-    box_mean_along(rows.view(), Axis(1), r)
+    let (h, w, c) = x.dim();
+    let x = x.as_standard_layout();
+    let columns = box_mean_along(x.as_slice().expect("standard layout"), h, w * c, r);
+    let both = box_mean_along(&columns, w, c, r);
+    Array3::from_shape_vec((h, w, c), both).expect("same size")
 }
 
-/// Mean over the clipped window of radius `r` along one axis, from prefix sums.
-fn box_mean_along(x: ArrayView3<f32>, axis: Axis, r: usize) -> Array3<f32> {
-    let mut prefix = x.to_owned();
-    prefix.accumulate_axis_inplace(axis, |previous, current| *current += *previous);
-    let n = x.len_of(axis);
-    let mut out = Array3::zeros(x.raw_dim());
-    for i in 0..n {
-        let (lo, hi) = (i.saturating_sub(r), (i + r).min(n - 1));
-        let mut window = out.index_axis_mut(axis, i);
-        window.assign(&prefix.index_axis(axis, hi));
-        if lo > 0 {
-            window -= &prefix.index_axis(axis, lo - 1);
-        }
-        window /= (hi - lo + 1) as f32;
-    }
+/// Mean over the clipped window of radius `r` along an axis of `n` steps,
+/// each step `unit` contiguous values (the values outside the axis), from
+/// prefix sums; the blocks of `n · unit` values of `x` in parallel.
+fn box_mean_along(x: &[f32], n: usize, unit: usize, r: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(n * unit).zip(x.par_chunks(n * unit)).for_each_init(
+        || vec![0f32; (n + 1) * unit],
+        |prefix, (dst, src)| {
+            // prefix[i] = sum of steps 0..i (prefix[0] stays 0).
+            for (i, step) in src.chunks_exact(unit).enumerate() {
+                let (done, next) = prefix.split_at_mut((i + 1) * unit);
+                next[..unit].iter_mut().zip(&done[i * unit..]).zip(step).for_each(|((p, q), v)| *p = q + v);
+            }
+            for (i, mean) in dst.chunks_exact_mut(unit).enumerate() {
+                let (lo, hi) = (i.saturating_sub(r), (i + r).min(n - 1));
+                let scale = 1.0 / (hi - lo + 1) as f32;
+                let (low, high) = (&prefix[lo * unit..][..unit], &prefix[(hi + 1) * unit..][..unit]);
+                mean.iter_mut().zip(high.iter().zip(low)).for_each(|(m, (h, l))| *m = (h - l) * scale);
+            }
+        },
+    );
     out
 }
 
