@@ -107,12 +107,19 @@ fn assert_close(actual: &ArrayD<f32>, expected: &ArrayD<f32>, what: &str) {
     assert!(worst < 1e-5, "{what}: max difference {worst}\n{actual}\nvs\n{expected}");
 }
 
-#[test]
-fn qdq_graph_computes_fake_quant_arithmetic() {
+/// The toy graph's weights `w1 [8, 6]` and `w2 [6, 5]`, an input `x [1,
+/// 4, 8]` of values up to 2.0, and the graph.
+fn toy_case() -> (Array2<f32>, Array2<f32>, Array3<f32>, pb::ModelProto) {
     let w1 = values(&[8, 6], 1, 1.5).into_dimensionality().unwrap();
     let w2 = values(&[6, 5], 2, 0.7).into_dimensionality().unwrap();
-    let x: Array3<f32> = values(&[1, 4, 8], 3, 2.0).into_dimensionality().unwrap();
+    let x = values(&[1, 4, 8], 3, 2.0).into_dimensionality().unwrap();
     let model = toy_graph(&w1, &w2);
+    (w1, w2, x, model)
+}
+
+#[test]
+fn qdq_graph_computes_fake_quant_arithmetic() {
+    let (w1, w2, x, model) = toy_case();
 
     let plan = qdq::plan(model.graph.as_ref().unwrap(), &[]);
     assert_eq!(plan.activation_tensors(), ["x", "x_t"]);
@@ -144,10 +151,7 @@ fn qdq_graph_computes_fake_quant_arithmetic() {
 /// gets its float inputs back, and no Q/DQ pair is left.
 #[test]
 fn the_integer_form_agrees_with_the_qdq_form() {
-    let w1 = values(&[8, 6], 1, 1.5).into_dimensionality().unwrap();
-    let w2 = values(&[6, 5], 2, 0.7).into_dimensionality().unwrap();
-    let x: Array3<f32> = values(&[1, 4, 8], 3, 2.0).into_dimensionality().unwrap();
-    let model = toy_graph(&w1, &w2);
+    let (w1, w2, x, model) = toy_case();
     let amax_x = 1.6f32;
     let quantized = qdq::quantize(&model, &table(&[("x", amax_x), ("x_t", 1.9)], vec![])).unwrap();
     let (integer, products) = integer::integer_form(&quantized);
@@ -173,10 +177,7 @@ fn the_integer_form_agrees_with_the_qdq_form() {
 /// weights in float: x·fq(w1) with x itself unquantized.
 #[test]
 fn the_dequantized_form_is_float_with_the_int8_weights() {
-    let w1 = values(&[8, 6], 1, 1.5).into_dimensionality().unwrap();
-    let w2 = values(&[6, 5], 2, 0.7).into_dimensionality().unwrap();
-    let x: Array3<f32> = values(&[1, 4, 8], 3, 2.0).into_dimensionality().unwrap();
-    let model = toy_graph(&w1, &w2);
+    let (w1, w2, x, model) = toy_case();
     let quantized = qdq::quantize(&model, &table(&[("x", 1.6), ("x_t", 1.9)], vec![])).unwrap();
     let dequantized = integer::dequantized_form(&quantized);
     let ops: Vec<&str> = dequantized.graph.as_ref().unwrap().node.iter().map(|n| n.op_type.as_str()).collect();

@@ -76,8 +76,8 @@ pub fn fuse_linear(model: &pb::ModelProto) -> (pb::ModelProto, usize) {
 }
 
 /// `node` as the product of a match: the name of the match's last tensor
-/// and the match.
-/// With `residual`, a sum with a non-constant value may end the match.
+/// and the match. With `residual`, a sum with a non-constant value (the
+/// residual stream) may end the match.
 fn matched(index: &GraphIndex, graph: &pb::GraphProto, node: &pb::NodeProto, residual: bool) -> Option<(String, Match)> {
     let float = pb::tensor_proto::DataType::Float as i32;
     let [x, w] = node.input.as_slice() else { return None };

@@ -102,13 +102,13 @@ impl Expansion for LinearNode {
         };
         let same_shape = residual.map_or(Ok(true), |s| Ok::<_, TractError>(*model.outlet_fact(s)?.shape == *y))?;
         if per_row && same_shape {
-            let op = LinearF32::new(weight, bias, row_scale.is_some(), residual.is_some(), self.gelu)?;
+            let op = LinearF32::new(weight, Some(bias), row_scale.is_some(), residual.is_some(), self.gelu)?;
             let op_inputs: TVec<OutletId> = std::iter::once(inputs[0]).chain(row_scale).chain(residual).collect();
             return model.wire_node(prefix, op, &op_inputs);
         }
         // Another broadcast of the scale or the residual: tract's own ops
         // after the product.
-        let mut y = model.wire_node(format!("{prefix}.product"), LinearF32::new(weight, Tensor::zero::<f32>(&[bias.len()])?.into_arc_tensor(), false, false, false)?, &inputs[..1])?[0];
+        let mut y = model.wire_node(format!("{prefix}.product"), LinearF32::new(weight, None, false, false, false)?, &inputs[..1])?[0];
         if let Some(r) = row_scale {
             y = wire_with_rank_broadcast(format!("{prefix}.scale"), model, mul(), &[y, r])?[0];
         }
@@ -141,7 +141,8 @@ fn rows_of<'r, 'p: 'r>(s: &mut Solver<'r>, input: &'p TensorProxy, output: &'p T
 pub struct LinearF32 {
     /// `[K, N]`, or `[K + 1, N]` (the bias last) with `row_scale`.
     weight: Arc<Tensor>,
-    /// The bias (`[N]`) the product is added to, without `row_scale`.
+    /// The bias (`[N]`) the product is added to, without `row_scale` (none:
+    /// the plain product, or the residual alone).
     bias: Option<Arc<Tensor>>,
     row_scale: bool,
     residual: bool,
@@ -149,14 +150,19 @@ pub struct LinearF32 {
 }
 
 impl LinearF32 {
-    /// The op for a `[K, N]` `weight` and a `[N]` `bias`; its inputs are
-    /// `x`, then `r` with `row_scale`, then `s` with `residual`.
-    fn new(weight: Arc<Tensor>, bias: Arc<Tensor>, row_scale: bool, residual: bool, gelu: bool) -> TractResult<Self> {
+    /// The op for a `[K, N]` `weight` and a `[N]` `bias` (none: the plain
+    /// product); its inputs are `x`, then `r` with `row_scale`, then `s`
+    /// with `residual`.
+    fn new(weight: Arc<Tensor>, bias: Option<Arc<Tensor>>, row_scale: bool, residual: bool, gelu: bool) -> TractResult<Self> {
         if !row_scale {
-            return Ok(LinearF32 { weight, bias: Some(bias), row_scale, residual, gelu });
+            return Ok(LinearF32 { weight, bias, row_scale, residual, gelu });
         }
         let n = weight.shape()[1];
-        let weight = Tensor::stack_tensors(0, &[weight.into_tensor(), bias.into_tensor().into_shape(&[1, n])?])?;
+        let bias = match bias {
+            Some(bias) => bias.into_tensor().into_shape(&[1, n])?,
+            None => Tensor::zero::<f32>(&[1, n])?,
+        };
+        let weight = Tensor::stack_tensors(0, &[weight.into_tensor(), bias])?;
         Ok(LinearF32 { weight: weight.into_arc_tensor(), bias: None, row_scale, residual, gelu })
     }
 }
