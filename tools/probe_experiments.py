@@ -6,7 +6,8 @@ against the protocol's 22.3 / 54.4, so compare its rows with each other).
 
 Needs the 448x336 feature cache that `causeseg protocol` fills
 (~/.cache/causeseg/features/<sha>-448x336-stretch) and ../shared/data/camvid;
-reads both by path. Python packages: numpy scipy pillow.
+reads both by path. Python packages: numpy scipy pillow (scikit-learn for
+`gmm`).
 
     python3 tools/probe_experiments.py "run(wkm_fast)" "run(spectral, mode='mean')"
 
@@ -208,6 +209,45 @@ def cooc(tr,te,seed,fine=33,seg=6,mode='max'):
     else:
         C=unit(np.stack([(M[lab==k]*cnt[lab==k,None]).sum(0) for k in range(11)])); Sc=Z[te]@C.T
     return evaluate(Sc,L[te])
+
+# ---- gmm: Gaussian mixture (sklearn) on 60k whitened tokens, EM from the k-means clusters; scored by its posterior ('posterior', quadratic) or by cosine to the mean direction of the tokens each component wins ('directions', what `--probe gaussian-mixture` does) ----
+def gmm(tr,te,seed,cov='full',mode='posterior',n=60000,iters=100,reg=1e-3):
+    from sklearn.mixture import GaussianMixture
+    Z=prep(tr); X=sub(Z[tr].reshape(-1,64),seed,n); C=skmeans(X,11,seed)
+    gm=GaussianMixture(11,covariance_type=cov,max_iter=iters,random_state=seed,reg_covar=reg,means_init=C*(X@C.T).max(1).mean()).fit(X)
+    if mode=='posterior':
+        return evaluate(gm._estimate_weighted_log_prob(Z[te].reshape(-1,64)).reshape(Z[te].shape[:3]+(11,)),L[te])
+    a=gm.predict(X); D=unit(np.stack([X[a==k].sum(0) if (a==k).any() else C[k] for k in range(11)]))
+    return evaluate(Z[te]@D.T,L[te])
+
+# ---- segkm: Felzenszwalb graph segmentation of every training image's whitened token grid (8-neighbours, edge weight 1 - cos), then spherical k-means on the segments' mean tokens weighted by size**alpha ----
+def felz(T,k=1.0,min_size=4):
+    H,W,_=T.shape; yy,xx=np.mgrid[0:H,0:W]; E=[]
+    for dy,dx in [(0,1),(1,0),(1,1),(1,-1)]:
+        m=(yy+dy<H)&(xx+dx>=0)&(xx+dx<W); E.append(np.stack([(yy*W+xx)[m],((yy+dy)*W+xx+dx)[m]],1))
+    E=np.concatenate(E); X=T.reshape(-1,T.shape[-1]); w=1-(X[E[:,0]]*X[E[:,1]]).sum(1)
+    par=np.arange(H*W); size=np.ones(H*W); inner=np.zeros(H*W)
+    def find(i):
+        while par[i]!=i: par[i]=par[par[i]]; i=par[i]
+        return i
+    def join(a,b,t):
+        if size[a]<size[b]: a,b=b,a
+        par[b]=a; size[a]+=size[b]; inner[a]=t
+    order=np.argsort(w,kind='stable')
+    for e in order:
+        a,b=find(E[e,0]),find(E[e,1])
+        if a!=b and w[e]<=min(inner[a]+k/size[a],inner[b]+k/size[b]): join(a,b,w[e])
+    for e in order:
+        a,b=find(E[e,0]),find(E[e,1])
+        if a!=b and min(size[a],size[b])<min_size: join(a,b,max(inner[a],inner[b]))
+    return np.unique([find(i) for i in range(H*W)],return_inverse=True)[1]
+def segkm(tr,te,seed,k=4.0,min_size=8,alpha=0.5):
+    Z=prep(tr); means=[]; sizes=[]
+    for T in Z[tr]:
+        lab=felz(T,k,min_size); X=T.reshape(-1,64)
+        for s_ in range(lab.max()+1): means.append(X[lab==s_].sum(0)); sizes.append((lab==s_).sum())
+    C=wskmeans(unit(np.array(means)),np.array(sizes,float)**alpha,11,seed)
+    return evaluate(Z[te]@C.T,L[te])
 
 if __name__=="__main__":
     import sys

@@ -239,6 +239,8 @@ pub mod cause {
         KmeansMerged,
         /// Modularity loss on head features.
         Modularity,
+        /// Full-covariance Gaussian mixture (EM from the k-means clusters) on head features; concepts are the mean directions of the tokens each component wins.
+        GaussianMixture,
     }
 
     #[cfg(not(feature = "train"))]
@@ -315,6 +317,7 @@ pub mod cause {
                     ProbeArg::Kmeans => ProbeKind::Kmeans,
                     ProbeArg::KmeansMerged => ProbeKind::KmeansMerged,
                     ProbeArg::Modularity => ProbeKind::Modularity,
+                    ProbeArg::GaussianMixture => ProbeKind::GaussianMixture,
                 },
                 probe_modularity: ModularityOptions { epochs: args.probe_epochs, lr: args.probe_lr, ..clusterbook },
                 center: args.center,

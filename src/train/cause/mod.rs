@@ -12,7 +12,7 @@
 //!    EMA teacher ([`ema`]), trained with the concept-wise contrastive loss
 //!    against in-batch teacher tokens and the concept bank.
 //! 3. [`probe`]: N concept vectors on the head's features, by spherical
-//!    k-means or by the modularity loss.
+//!    k-means, a Gaussian mixture ([`mixture`]) or the modularity loss.
 //! 4. [`self_training`] (optional): the probe self-trained on principal
 //!    mask proposals of the training images (PriMaPs-EM), label-free.
 //!
@@ -28,6 +28,7 @@ pub mod ema;
 pub mod evaluate;
 pub mod fit;
 pub mod head_training;
+pub mod mixture;
 pub mod modularity;
 pub mod probe;
 pub mod protocol;

@@ -1,10 +1,12 @@
 //! The cluster probe: N concept vectors in the head's output space, by
-//! spherical k-means (the default) or by the modularity loss.
+//! spherical k-means (the default), a Gaussian mixture or the modularity
+//! loss.
 
 use ndarray::Array2;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::mixture::{fit_mixture, MixtureOptions};
 use super::modularity::{init_from_tokens, train_modularity, ModularityOptions, ModularityReport};
 use super::{Result, TrainError};
 use crate::head::Head;
@@ -23,6 +25,10 @@ pub enum ProbeKind {
     KmeansMerged,
     /// CAUSE's modularity loss on grid-sampled head features.
     Modularity,
+    /// A full-covariance Gaussian mixture started from the k-means
+    /// clusters ([`super::mixture`]); the concepts are the mean directions
+    /// of the tokens each component wins.
+    GaussianMixture,
 }
 
 /// The head features `[rows, cols, R]` of every grid of `set` (the
@@ -47,11 +53,18 @@ pub fn kmeans_probe(features: &FeatureSet, k: usize, seed: u64) -> Result<Array2
 /// Clusters fitted per concept before [`merged_kmeans_probe`] merges them.
 pub const OVERCLUSTER: usize = 3;
 
-/// The probe of `kind` (k-means or merged k-means) with `k` concepts on
-/// the tokens of `features`.
+/// The probe of `kind` (k-means, merged k-means or the Gaussian mixture)
+/// with `k` concepts on the tokens of `features`.
 pub fn kmeans_probe_of(kind: ProbeKind, features: &FeatureSet, k: usize, seed: u64) -> Result<Array2<f32>> {
     match kind {
         ProbeKind::KmeansMerged => merged_kmeans_probe(features, k, seed),
+        ProbeKind::GaussianMixture => {
+            let init = kmeans_probe(features, k, seed)?;
+            let mixture = fit_mixture(features.unit_tokens().view(), &init, &MixtureOptions { seed, ..MixtureOptions::default() });
+            let weights: Vec<String> = mixture.weights.iter().map(|w| format!("{w:.3}")).collect();
+            log::info!("Gaussian mixture: {} EM iterations, log-likelihood {:.3} per token, weights {}", mixture.iterations, mixture.log_likelihood, weights.join(" "));
+            Ok(mixture.concepts)
+        }
         _ => kmeans_probe(features, k, seed),
     }
 }
