@@ -2,7 +2,7 @@
 //! spherical k-means (the default), a Gaussian mixture or the modularity
 //! loss.
 
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView2};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -42,12 +42,16 @@ pub fn head_features(set: &FeatureSet, head: &Head) -> Result<FeatureSet> {
 /// Spherical k-means probe with `k` concepts on the tokens of `features`
 /// (head features, or backbone features for the k-means baseline).
 pub fn kmeans_probe(features: &FeatureSet, k: usize, seed: u64) -> Result<Array2<f32>> {
-    let tokens = features.unit_tokens();
+    kmeans_on_tokens(features.unit_tokens().view(), k, seed)
+}
+
+/// Spherical k-means with `k` concepts on unit `tokens`.
+fn kmeans_on_tokens(tokens: ArrayView2<f32>, k: usize, seed: u64) -> Result<Array2<f32>> {
     if tokens.nrows() < k {
         return Err(TrainError::TooLittleData(format!("{} tokens for {k} concepts", tokens.nrows())));
     }
     let options = KMeansOptions { k, max_iterations: 100, restarts: 3, seed };
-    Ok(spherical_kmeans(tokens.view(), &options).centroids)
+    Ok(spherical_kmeans(tokens, &options).centroids)
 }
 
 /// Clusters fitted per concept before [`merged_kmeans_probe`] merges them.
@@ -59,8 +63,9 @@ pub fn kmeans_probe_of(kind: ProbeKind, features: &FeatureSet, k: usize, seed: u
     match kind {
         ProbeKind::KmeansMerged => merged_kmeans_probe(features, k, seed),
         ProbeKind::GaussianMixture => {
-            let init = kmeans_probe(features, k, seed)?;
-            let mixture = fit_mixture(features.unit_tokens().view(), &init, &MixtureOptions { seed, ..MixtureOptions::default() });
+            let tokens = features.unit_tokens();
+            let init = kmeans_on_tokens(tokens.view(), k, seed)?;
+            let mixture = fit_mixture(tokens.view(), &init, &MixtureOptions { seed, ..MixtureOptions::default() });
             let weights: Vec<String> = mixture.weights.iter().map(|w| format!("{w:.3}")).collect();
             log::info!("Gaussian mixture: {} EM iterations, log-likelihood {:.3} per token, weights {}", mixture.iterations, mixture.log_likelihood, weights.join(" "));
             Ok(mixture.concepts)
