@@ -237,12 +237,19 @@ fn ros2_source_carries_frames_and_stamps_rejects_bad_messages_and_survives_a_res
     let mut i = 0;
     while stats_lines(&stats).len() < 2 {
         assert!(start.elapsed() < PATIENCE && child.try_wait().unwrap().is_none(), "no frames from the first publisher");
+        let through = stats_lines(&stats).len();
         let stamp = Time { sec: 1000 + i, nanosec: 250 };
         publisher.publish(rgb8(96, 64, stamp, "test_cam")).unwrap();
         sent.insert(stamp);
         i += 1;
-        std::thread::sleep(Duration::from_millis(100));
-        drain(&labels, &mut got_labels);
+        // Lock-step: the next frame once this one is through (or after 2 s,
+        // if best effort lost it), so no queue of first-camera frames is
+        // still being processed when the second camera starts.
+        let published = Instant::now();
+        while stats_lines(&stats).len() == through && published.elapsed() < Duration::from_secs(2) && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+            drain(&labels, &mut got_labels);
+        }
     }
     drop(publisher);
     drop(camera);
