@@ -155,17 +155,27 @@ mod trained {
 
         // One fold only, with and without self-training (the default).
         let base = ["protocol", "--images", images.to_str().unwrap(), "--labels", labels.to_str().unwrap(), "--classes", "11", "--ignore", "11", "--size", "224x168", "--methods", "kmeans", "--seeds", "0"];
-        // Measured at another size than trained, and with flip averaging.
+        // Measured at another size than trained, with flip and multi-scale
+        // averaging, trained with a random view of every image too.
         let json = dir.path().join("one-fold.jsonl");
-        let extra = ["--hold-out", "0006R0", "--refine", "none", "--self-train-epochs", "2", "--flip", "--eval-size", "252x182", "--json", json.to_str().unwrap()];
+        let extra = [
+            "--hold-out", "0006R0", "--refine", "none", "--self-train-epochs", "2", "--flip", "--eval-size", "252x182", "--eval-scales", "224x168",
+            "--augment", "1", "--json", json.to_str().unwrap(),
+        ];
         let output = causeseg(&[&base[..], &extra].concat());
         assert!(output.status.success(), "{}", stderr(&output));
         let table = String::from_utf8_lossy(&output.stdout);
         assert!(table.contains("held-out 0006R0") && !table.contains("held-out 0001TP"), "{table}");
         let rows: Vec<&str> = table.lines().skip(2).map(|l| l.split(" |").next().unwrap()).collect();
-        assert_eq!(rows, ["| kmeans", "| kmeans + flip", "| kmeans + self-train", "| kmeans + self-train + flip"], "{table}");
-        let line: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&json).unwrap().lines().next().unwrap()).unwrap();
-        assert_eq!(line["eval_size"], serde_json::json!([252, 182]), "{line}");
+        let expected = ["", " + multi-scale", " + flip", " + flip + multi-scale"];
+        let expected: Vec<String> = ["| kmeans", "| kmeans + self-train"].iter().flat_map(|m| expected.iter().map(move |e| format!("{m}{e}"))).collect();
+        assert_eq!(rows, expected, "{table}");
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&json).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!((lines[0]["eval_size"].clone(), lines[0]["augment"].clone()), (serde_json::json!([252, 182]), serde_json::json!(1)), "{}", lines[0]);
+        // Multi-scale averaging changes the scores (the pixel counts stay).
+        let (single, multi) = (&lines[0], &lines[1]);
+        assert_eq!((single["multi_scale"].as_bool(), multi["multi_scale"].as_bool()), (Some(false), Some(true)));
+        assert_ne!(single["per_class_iou"], multi["per_class_iou"], "{single}\n{multi}");
         // The supervised reference is measured as it is: never self-trained.
         let reference = [&base[..9], &["--size", "224x168", "--methods", "class-means", "--seeds", "0", "--hold-out", "0006R0", "--refine", "none"]].concat();
         let output = causeseg(&reference);
@@ -175,6 +185,8 @@ mod trained {
         assert_eq!(rows, ["| class-means"], "{table}");
         let output = causeseg(&[&base[..], &["--eval-size", "100x100"]].concat());
         common::assert_clean_error(&output, "--eval-size 100x100 is not a multiple of the patch size 14");
+        let output = causeseg(&[&base[..], &["--eval-scales", "448x336,100x98"]].concat());
+        common::assert_clean_error(&output, "--eval-scales 100x98 is not a multiple of the patch size 14");
         let output = causeseg(&[&base[..], &["--hold-out", "9999XX"]].concat());
         common::assert_clean_error(&output, "no image of drive '9999XX' to hold out; the drives are 0001TP, 0006R0");
     }
@@ -288,10 +300,18 @@ mod trained {
         assert!(causeseg::model::Model::load(&model).is_ok());
 
         // Self-training is the default; --no-self-train skips the stage.
+        // With --augment 1 the stages see every image twice: as it is and
+        // as one random view.
         let plain = dir.path().join("plain");
-        assert!(fit(&images, &plain, &["--head", "mlp", "--no-self-train"]).status.success());
+        let output = fit(&images, &plain, &["--head", "mlp", "--no-self-train", "--augment", "1"]);
+        assert!(output.status.success(), "{}", stderr(&output));
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(plain.join("training.json")).unwrap()).unwrap();
         assert!(report["self_training"].is_null(), "{report}");
+        assert_eq!(report["augment"], 1, "{report}");
+        let samples = report["images"].as_u64().unwrap();
+        assert!(stderr(&output).contains(&format!("{samples} images (0 skipped), {} grids", 2 * samples)), "{}", stderr(&output));
+        let manifest = std::fs::read_to_string(plain.join("model.toml")).unwrap();
+        assert!(manifest.contains("with 1 random view per image"), "{manifest}");
     }
 
     /// CAUSE-TR on whitened tokens with five-crop training, on the sample

@@ -89,6 +89,12 @@ pub mod cause {
         /// centre at half size, resized to the input): 6x the features.
         #[arg(long)]
         pub five_crop: bool,
+        /// Also train on N random views of every image: a crop of 60-100 %
+        /// of each side, mirrored half of the time, with brightness,
+        /// contrast, saturation, white balance and gamma jitter (N+1 times
+        /// the features; each view's features are cached).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        pub augment: usize,
         /// Concept clusterbook size K.
         #[arg(long, default_value_t = 2048)]
         pub clusterbook_size: usize,
@@ -325,6 +331,7 @@ pub mod cause {
             FitOptions {
                 stages,
                 five_crop: args.five_crop,
+                augment: args.augment,
                 whiten: args.whiten,
                 center_input: args.center_input,
                 clusterbook_only: args.clusterbook_only,

@@ -45,6 +45,11 @@ pub struct ProtocolArgs {
     /// models are still trained at --size.
     #[arg(long, value_parser = super::parse_size)]
     eval_size: Option<(u32, u32)>,
+    /// Also measure every model with multi-scale averaging: the scores at
+    /// the measuring size and at these sizes (WIDTHxHEIGHT, comma-separated)
+    /// averaged on the finest patch grid; each size adds its backbone time.
+    #[arg(long, value_parser = super::parse_size, value_delimiter = ',')]
+    eval_scales: Vec<(u32, u32)>,
     /// Also measure every model with flip averaging (features of the image
     /// and of its mirror averaged; twice the backbone time at run time).
     #[arg(long)]
@@ -117,17 +122,28 @@ pub fn run(args: ProtocolArgs, cache: &Path) -> anyhow::Result<()> {
     };
     let mut options = args.cause.options(0, None);
     let eval_input = args.eval_size.map(|(width, height)| InputSpec { width, height, ..extraction.input.clone() });
-    if let Some(eval) = &eval_input {
-        let p = extraction.backbone.patch_size;
-        anyhow::ensure!(eval.width % p == 0 && eval.height % p == 0, "--eval-size {}x{} is not a multiple of the patch size {p}", eval.width, eval.height);
+    let p = extraction.backbone.patch_size;
+    for (option, &(width, height)) in args.eval_size.iter().map(|s| ("--eval-size", s)).chain(args.eval_scales.iter().map(|s| ("--eval-scales", s))) {
+        anyhow::ensure!(width % p == 0 && height % p == 0, "{option} {width}x{height} is not a multiple of the patch size {p}");
     }
-    let plan = Plan { methods, seeds: args.seeds, hold_out: args.hold_out, refines: args.refine, self_train: options.self_train.take(), eval_input, flip: args.flip };
+    let other_scales = args.eval_scales.iter().map(|&(width, height)| InputSpec { width, height, ..extraction.input.clone() }).collect();
+    let plan = Plan {
+        methods,
+        seeds: args.seeds,
+        hold_out: args.hold_out,
+        refines: args.refine,
+        self_train: options.self_train.take(),
+        eval_input,
+        flip: args.flip,
+        other_scales,
+    };
     let results = run_protocol(&extraction, &pairs, args.classes, args.ignore, &plan, &options, |r| {
         log::info!(
-            "{:?}{}{} ({:?}) held-out {} seed {}: mIoU {:.2} %, pixel accuracy {:.2} %, {} dead concepts ({} train / {} test images, fit {:.0} s)",
+            "{:?}{}{}{} ({:?}) held-out {} seed {}: mIoU {:.2} %, pixel accuracy {:.2} %, {} dead concepts ({} train / {} test images, fit {:.0} s)",
             r.method,
             if r.self_trained { " self-trained" } else { "" },
             if r.flip { " flip-averaged" } else { "" },
+            if r.multi_scale { " multi-scale" } else { "" },
             r.refine,
             r.drive,
             r.seed,

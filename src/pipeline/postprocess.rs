@@ -91,6 +91,21 @@ pub fn upsample_argmax(scores: &Array3<f32>, placement: &Placement, patch: u32, 
     GrayImage::from_raw(out_w, out_h, labels).expect("buffer sized to the image")
 }
 
+/// Per-patch `scores` (placed in the input as `placement` says) sampled
+/// bilinearly at the centres of a `rows` x `cols` grid of cells spread
+/// evenly over the source image: the patch centres of a stretch-resized
+/// input at another size (multi-scale averaging).
+pub fn resample_scores(scores: &Array3<f32>, placement: &Placement, patch: u32, rows: usize, cols: usize) -> Array3<f32> {
+    let sampler = ScoreSampler::new(scores, placement, patch, cols as u32, rows as u32);
+    let mut out = Array3::zeros((rows, cols, sampler.k));
+    for (r, &y) in sampler.ys.iter().enumerate() {
+        for (c, &x) in sampler.xs.iter().enumerate() {
+            sampler.sample(y, x, out.slice_mut(ndarray::s![r, c, ..]).as_slice_mut().expect("standard layout"));
+        }
+    }
+    out
+}
+
 /// Fraction of pixels assigned to each of `k` concepts.
 pub fn concept_fractions(labels: &GrayImage, k: usize) -> Vec<f32> {
     let mut counts = vec![0u64; k];
@@ -172,6 +187,20 @@ mod tests {
 
     fn identity_placement(w: u32, h: u32) -> Placement {
         Placement { image_size: (w, h), scale: (1.0, 1.0), offset: (0.0, 0.0) }
+    }
+
+    #[test]
+    fn resampling_follows_the_patch_centres() {
+        // A 56x28 image as a 4x2 grid of 14-pixel patches; score = column.
+        let scores = Array3::from_shape_fn((2, 4, 1), |(_, c, _)| c as f32);
+        let placement = identity_placement(56, 28);
+        assert_eq!(resample_scores(&scores, &placement, 14, 2, 4), scores, "the same grid");
+        // Eight columns of 7 pixels: centres at 3.5, 10.5, ... = patch coordinates j/2 - 0.25.
+        let finer = resample_scores(&scores, &placement, 14, 3, 8);
+        for c in 0..8 {
+            let expected = (c as f32 / 2.0 - 0.25).clamp(0.0, 3.0);
+            assert!((0..3).all(|r| (finer[[r, c, 0]] - expected).abs() < 1e-6), "column {c}: {} vs {expected}", finer[[0, c, 0]]);
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use image::RgbImage;
 use ndarray::{Array2, Array3, ArrayView2, Axis};
 use rand::Rng;
 
+use super::augment;
 use super::feature_cache::FeatureCache;
 use super::{Result, TrainError};
 use crate::pipeline::{PatchInference, SegmentError};
@@ -16,9 +17,10 @@ use crate::progress::Progress;
 use crate::source::decode_file;
 
 /// Which view of an image the backbone sees: the whole image, its mirror,
-/// or one of CAUSE's five crops (four corners and the centre, each half the
+/// one of CAUSE's five crops (four corners and the centre, each half the
 /// width and height, resized to the model input like the whole image, so
-/// the backbone sees the scene at twice the resolution).
+/// the backbone sees the scene at twice the resolution), or a random
+/// training view (crop, mirror and photometric jitter: [`augment`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
     /// The image as it is.
@@ -27,6 +29,8 @@ pub enum View {
     Mirrored,
     /// Five-crop `0..5`: top-left, top-right, bottom-left, bottom-right, centre.
     Crop(usize),
+    /// Random training view `i` ([`augment::random_view`]).
+    Augmented(usize),
 }
 
 impl View {
@@ -39,6 +43,7 @@ impl View {
             View::Full => cache.to_path_buf(),
             View::Mirrored => cache.join("mirrored"),
             View::Crop(i) => cache.join(format!("crop{i}")),
+            View::Augmented(i) => cache.join(format!("augmented-v{}-{i}", augment::AUGMENT_VERSION)),
         }
     }
 
@@ -62,6 +67,7 @@ impl View {
                 };
                 image::imageops::crop_imm(&image, x, y, cw, ch).to_image()
             }
+            View::Augmented(i) => augment::random_view(&image, i),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! `train`); every method writes its model through
 //! [`ModelWriter`](crate::model::ModelWriter).
 
+pub mod augment;
 #[cfg(feature = "train")]
 pub mod cause;
 pub mod feature_cache;

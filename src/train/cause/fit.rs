@@ -1,5 +1,5 @@
 //! `fit --method cause` end to end: backbone features of the training
-//! images (and their five crops), the input transform, the stages of
+//! images (and their five crops or random views), the input transform, the stages of
 //! [`run`](super::run::run), an optional measurement on labelled images,
 //! and the model directory.
 
@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::evaluate::{evaluate, LabelledFeatures};
+use super::evaluate::{evaluate, LabelledFeatures, Scoring};
 use crate::pipeline::refine::Refine;
 use super::probe::kmeans_probe;
 use super::run::{run, train_clusterbook, CauseOptions, CauseResult};
@@ -30,6 +30,9 @@ pub struct FitOptions {
     pub stages: CauseOptions,
     /// Also train on CAUSE's five crops of every image.
     pub five_crop: bool,
+    /// Also train on this many random views of every image (crop, mirror,
+    /// photometric jitter: [`crate::train::augment`]).
+    pub augment: usize,
     /// Centre and PCA-whiten the tokens to this many dimensions (0: off).
     pub whiten: usize,
     /// With `whiten` 0: centre the tokens on their training mean.
@@ -42,6 +45,16 @@ pub struct FitOptions {
     /// Labelled images to measure on after training (labels never reach a
     /// training stage).
     pub validation: Option<Validation>,
+}
+
+impl FitOptions {
+    /// The views of every training image that the stages see besides the
+    /// image itself: the five crops, then the random views. The self-training
+    /// stage and the measurements use whole images only.
+    pub fn extra_views(&self) -> Vec<View> {
+        let crops = if self.five_crop { &View::FULL_AND_FIVE_CROPS[1..] } else { &[][..] };
+        crops.iter().copied().chain((0..self.augment).map(View::Augmented)).collect()
+    }
 }
 
 /// Labelled images to measure a fitted model on.
@@ -70,11 +83,10 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
     let mut set = extraction.features(&job.images, View::Full, "features")?;
     let images_used = set.len();
     let whole_views = options.self_train.map(|_| FeatureSet { grids: set.grids.clone(), paths: set.paths.clone(), skipped: 0 });
-    if options.five_crop {
-        let paths = set.paths.clone();
-        for (i, view) in View::FULL_AND_FIVE_CROPS[1..].iter().enumerate() {
-            set.append(extraction.features(&paths, *view, &format!("crop {}/5", i + 1))?);
-        }
+    let paths = set.paths.clone();
+    let views = options.extra_views();
+    for (i, view) in views.iter().enumerate() {
+        set.append(extraction.features(&paths, *view, &format!("view {}/{}", i + 1, views.len()))?);
     }
     if set.is_empty() {
         return Err(TrainError::NoImages(format!("{} ({} files, none readable)", job.sources(), job.images.len())));
@@ -128,7 +140,7 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
             .chain(result.probes.iter().map(|(kind, p)| (format!("{kind:?}").to_lowercase(), Some(&result.head), p)));
         for (name, head, probe) in probes {
             for &flip in flips {
-                let m = evaluate(&data, head, probe, flip, &extraction.input, patch, Refine::None)?;
+                let m = evaluate(&data, head, probe, &extraction.input, patch, Scoring { flip, multi_scale: false, refine: Refine::None })?;
                 log::info!("val: probe {name}, flip {flip}: mIoU {:.2} %, pixel accuracy {:.2} %", m.miou, m.pixel_accuracy);
                 measured.push(json!({"probe": name, "flip": flip, "miou": m.miou, "pixel_accuracy": m.pixel_accuracy, "per_class_iou": m.per_class_iou}));
             }
@@ -146,7 +158,15 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
             Some(_) => " on centred tokens".to_string(),
             None => String::new(),
         },
-        if options.five_crop { " with five-crop training" } else { "" },
+        match (options.five_crop, options.augment) {
+            (false, 0) => String::new(),
+            (true, 0) => " with five-crop training".to_string(),
+            (five_crop, n) => format!(
+                " with {}{n} random view{} per image",
+                if five_crop { "five-crop training and " } else { "" },
+                if n == 1 { "" } else { "s" }
+            ),
+        },
         result.clusterbook.nrows(),
         result.clusterbook.ncols(),
         dim,
@@ -170,6 +190,7 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
     let report = json!({
         "images": images_used,
         "five_crop": options.five_crop,
+        "augment": options.augment,
         "skipped": skipped,
         "seconds": result.seconds.iter().map(|(s, t)| json!({"stage": s, "seconds": t})).collect::<Vec<_>>(),
         "total_seconds": started.elapsed().as_secs_f64(),

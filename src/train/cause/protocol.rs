@@ -13,7 +13,7 @@ use std::time::Instant;
 use ndarray::Array2;
 use serde::Serialize;
 
-use super::evaluate::{evaluate, read_label, LabelledFeatures};
+use super::evaluate::{evaluate, read_label, LabelledFeatures, Scoring};
 use super::fit::{train, FitOptions};
 use super::probe::kmeans_probe_of;
 use super::reference::{class_means_probe, patch_majority};
@@ -52,6 +52,13 @@ pub struct FoldResult {
     pub self_trained: bool,
     /// Whether its features were averaged with the mirrored image's.
     pub flip: bool,
+    /// Whether its scores were averaged over the input sizes of
+    /// [`Plan::other_scales`] and the measuring size.
+    pub multi_scale: bool,
+    /// Whether it also trained on the five crops of every image.
+    pub five_crop: bool,
+    /// Random training views per image it also trained on.
+    pub augment: usize,
     /// The input size it was measured at (WIDTH, HEIGHT).
     pub eval_size: (u32, u32),
     /// How its scores became labels.
@@ -100,6 +107,9 @@ pub struct Plan {
     pub eval_input: Option<InputSpec>,
     /// Also measure with flip averaging.
     pub flip: bool,
+    /// Also measure with the scores averaged over the measuring size and
+    /// these input sizes (multi-scale averaging).
+    pub other_scales: Vec<InputSpec>,
 }
 
 /// Runs every method on every fold and seed of `plan`. `pairs` are (image,
@@ -114,20 +124,16 @@ pub fn run_protocol(
     options: &FitOptions,
     mut report: impl FnMut(&FoldResult),
 ) -> Result<Vec<FoldResult>> {
-    let Plan { methods, seeds, hold_out, refines, self_train, eval_input, flip } = plan;
+    let Plan { methods, seeds, hold_out, refines, self_train, eval_input, flip, other_scales } = plan;
     let images: Vec<PathBuf> = pairs.iter().map(|(i, _)| i.clone()).collect();
     let full = extraction.features(&images, View::Full, "features")?;
     let measuring = Extraction { input: eval_input.clone().unwrap_or_else(|| extraction.input.clone()), ..extraction.clone() };
     let resized = measuring.input != extraction.input;
-    let crops: Vec<FeatureSet> = if options.five_crop && methods.contains(&Method::Cause) {
-        View::FULL_AND_FIVE_CROPS[1..]
-            .iter()
-            .enumerate()
-            .map(|(i, view)| extraction.features(&full.paths, *view, &format!("crop {}/5", i + 1)))
-            .collect::<Result<_>>()?
-    } else {
-        Vec::new()
-    };
+    // Extra training views (five crops, random views) of every image; the
+    // held-out drive's are never read.
+    let views = options.extra_views();
+    let extra: Vec<FeatureSet> =
+        views.iter().enumerate().map(|(i, view)| extraction.features(&full.paths, *view, &format!("view {}/{}", i + 1, views.len()))).collect::<Result<_>>()?;
     let mut by_drive: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, path) in full.paths.iter().enumerate() {
         by_drive.entry(drive_of(path)).or_default().push(i);
@@ -144,20 +150,41 @@ pub fn run_protocol(
         paths: indices.iter().map(|&i| set.paths[i].clone()).collect(),
         skipped: 0,
     };
+    let copy = |set: &FeatureSet| subset(set, &(0..set.len()).collect::<Vec<_>>());
     let label_of = |path: &PathBuf| pairs.iter().find(|(i, _)| i == path).expect("paired").1.clone();
     let patch = extraction.backbone.patch_size;
     let mut results = Vec::new();
     for (drive, test) in by_drive.iter().filter(|(d, _)| hold_out.is_empty() || hold_out.contains(d)) {
         let train_indices: Vec<usize> = (0..full.len()).filter(|i| !test.contains(i)).collect();
         let train_set = subset(&full, &train_indices);
+        // What the stages fit on: the training images and their extra views
+        // (self-training and the class-means reference use the images only).
+        let mut fit_set = subset(&full, &train_indices);
+        for view in &extra {
+            fit_set.append(subset(view, &train_indices));
+        }
         // Only the held-out images are measured: their features at the
         // measuring size (and mirrored) are computed here, once per fold.
         let test_set = subset(&full, test);
         let test_set = if resized { measuring.features(&test_set.paths, View::Full, "eval features")? } else { test_set };
         let mirrored = if *flip { Some(measuring.features(&test_set.paths, View::Mirrored, "mirrored")?) } else { None };
         let labels: Vec<PathBuf> = test_set.paths.iter().map(label_of).collect();
-        let data = LabelledFeatures::new(test_set, mirrored, &labels, classes, ignore)?;
+        let scales = other_scales
+            .iter()
+            .map(|input| {
+                let at = Extraction { input: input.clone(), ..extraction.clone() };
+                Ok((input.clone(), at.features(&test_set.paths, View::Full, &format!("features at {}x{}", input.width, input.height))?))
+            })
+            .collect::<Result<_>>()?;
+        let data = LabelledFeatures::new(test_set, mirrored, &labels, classes, ignore)?.with_other_scales(scales)?;
         let flips: &[bool] = if *flip { &[false, true] } else { &[false] };
+        let multi_scales: &[bool] = if other_scales.is_empty() { &[false] } else { &[false, true] };
+        let mut scorings = Vec::new();
+        for &flip in flips {
+            for &multi_scale in multi_scales {
+                scorings.extend(refines.iter().map(|&refine| Scoring { flip, multi_scale, refine }));
+            }
+        }
         // Only the class-means reference reads the training drives' labels.
         let training_majorities = || -> Result<Vec<Vec<Option<usize>>>> {
             let (rows, cols, _) = train_set.geometry()?;
@@ -176,24 +203,22 @@ pub fn run_protocol(
             for &seed in seeds {
                 let started = Instant::now();
                 let (head, probe): (Option<Head>, Array2<f32>) = match method {
-                    Method::Kmeans => (None, kmeans_probe_of(options.stages.probe, &train_set, classes, seed)?),
-                    Method::KmeansWhitened | Method::ClassMeans => {
-                        let (transform, _) = InputTransform::fit(&train_set, options.whiten)?;
-                        let mut whitened = subset(&train_set, &(0..train_set.len()).collect::<Vec<_>>());
+                    Method::Kmeans => (None, kmeans_probe_of(options.stages.probe, &fit_set, classes, seed)?),
+                    Method::KmeansWhitened => {
+                        let (transform, _) = InputTransform::fit(&fit_set, options.whiten)?;
+                        let mut whitened = copy(&fit_set);
                         transform.apply(&mut whitened);
-                        let probe = match method {
-                            Method::ClassMeans => class_means_probe(&whitened, &training_majorities()?, classes),
-                            _ => kmeans_probe_of(options.stages.probe, &whitened, classes, seed)?,
-                        };
-                        (Some(transform.as_head()), probe)
+                        (Some(transform.as_head()), kmeans_probe_of(options.stages.probe, &whitened, classes, seed)?)
+                    }
+                    Method::ClassMeans => {
+                        let (transform, _) = InputTransform::fit(&train_set, options.whiten)?;
+                        let mut whitened = copy(&train_set);
+                        transform.apply(&mut whitened);
+                        (Some(transform.as_head()), class_means_probe(&whitened, &training_majorities()?, classes))
                     }
                     Method::Cause => {
-                        let mut set = subset(&train_set, &(0..train_set.len()).collect::<Vec<_>>());
-                        for crop in &crops {
-                            set.append(subset(crop, &train_indices));
-                        }
                         let seeded = FitOptions { stages: options.stages.with_seed(seed), ..options.clone() };
-                        let trained = train(set, &seeded, classes, false, false)?;
+                        let trained = train(copy(&fit_set), &seeded, classes, false, false)?;
                         let probe = trained.result.probe(seeded.stages.probe).expect("the chosen probe is fitted").clone();
                         (Some(trained.result.head), probe)
                     }
@@ -204,12 +229,16 @@ pub fn run_protocol(
                     probes.push((true, trained, started.elapsed().as_secs_f64()));
                 }
                 for (self_trained, probe, fit_seconds) in &probes {
-                    for (&flip, &refine) in flips.iter().flat_map(|f| refines.iter().map(move |r| (f, r))) {
-                        let measured = evaluate(&data, head.as_ref(), probe, flip, &measuring.input, patch, refine)?;
+                    for &scoring in &scorings {
+                        let measured = evaluate(&data, head.as_ref(), probe, &measuring.input, patch, scoring)?;
+                        let Scoring { flip, multi_scale, refine } = scoring;
                         let result = FoldResult {
                             method,
                             self_trained: *self_trained,
                             flip,
+                            multi_scale,
+                            five_crop: options.five_crop,
+                            augment: options.augment,
                             eval_size: (measuring.input.width, measuring.input.height),
                             refine,
                             drive: drive.clone(),
@@ -244,11 +273,12 @@ fn mean_sd(values: &[f64]) -> (f64, f64) {
 /// held-out drive and over the folds, each as mean ± sd over seeds (the
 /// fold mean is averaged per seed first, then over seeds).
 pub fn table(results: &[FoldResult]) -> String {
-    let mut methods: Vec<(Method, bool, bool, Refine)> = Vec::new();
+    let mut methods: Vec<(Method, bool, bool, bool, Refine)> = Vec::new();
     let mut drives: Vec<String> = Vec::new();
     for r in results {
-        if !methods.contains(&(r.method, r.self_trained, r.flip, r.refine)) {
-            methods.push((r.method, r.self_trained, r.flip, r.refine));
+        let row = (r.method, r.self_trained, r.flip, r.multi_scale, r.refine);
+        if !methods.contains(&row) {
+            methods.push(row);
         }
         if !drives.contains(&r.drive) {
             drives.push(r.drive.clone());
@@ -265,9 +295,9 @@ pub fn table(results: &[FoldResult]) -> String {
     out += " mean of folds |\n|---|";
     out += &"---|".repeat(drives.len() + 1);
     out += "\n";
-    for &(method, self_trained, flip, refine) in &methods {
+    for &(method, self_trained, flip, multi_scale, refine) in &methods {
         let of = |drive: Option<&str>, seed: Option<u64>| -> Vec<&FoldResult> {
-            results.iter().filter(|r| (r.method, r.self_trained, r.flip, r.refine) == (method, self_trained, flip, refine) && drive.is_none_or(|d| r.drive == d) && seed.is_none_or(|s| r.seed == s)).collect()
+            results.iter().filter(|r| (r.method, r.self_trained, r.flip, r.multi_scale, r.refine) == (method, self_trained, flip, multi_scale, refine) && drive.is_none_or(|d| r.drive == d) && seed.is_none_or(|s| r.seed == s)).collect()
         };
         let kebab = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
         let mut name = kebab(serde_json::to_value(method).expect("serialisable"));
@@ -276,6 +306,9 @@ pub fn table(results: &[FoldResult]) -> String {
         }
         if flip {
             name += " + flip";
+        }
+        if multi_scale {
+            name += " + multi-scale";
         }
         match refine {
             Refine::None => out += &format!("| {name} |"),
@@ -307,6 +340,9 @@ mod tests {
             method,
             self_trained: false,
             flip: false,
+            multi_scale: false,
+            five_crop: false,
+            augment: 0,
             eval_size: (448, 336),
             refine: Refine::None,
             drive: drive.into(),
