@@ -198,6 +198,12 @@ pub mod cause {
         /// the held-out CamVid drive 0006R0).
         #[arg(long, default_value_t = 0.7)]
         pub mask_similarity: f32,
+        /// Self-train the head's final projection with the probe (its ReLU
+        /// branch widened to 128 units; for whitened k-means the whitening
+        /// itself), at this Adam learning rate, e.g. 1e-4. The runtime
+        /// runs the result as any head of its kind.
+        #[arg(long, value_name = "LR")]
+        pub self_train_head: Option<f64>,
     }
 
     /// Measurement after `fit --method cause` (never used for training).
@@ -335,7 +341,13 @@ pub mod cause {
                 whiten: args.whiten,
                 center_input: args.center_input,
                 clusterbook_only: args.clusterbook_only,
-                self_train: (!args.no_self_train).then(|| SelfTrainOptions { epochs: args.self_train_epochs, similarity: args.mask_similarity, seed, ..Default::default() }),
+                self_train: (!args.no_self_train).then(|| SelfTrainOptions {
+                    epochs: args.self_train_epochs,
+                    similarity: args.mask_similarity,
+                    seed,
+                    head_lr: args.self_train_head,
+                    ..Default::default()
+                }),
                 validation,
             }
         }

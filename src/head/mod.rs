@@ -261,9 +261,38 @@ impl Head {
     /// Head features of one image's tokens `[T, D]` (row-major over the
     /// grid) → `[T, R]`; a TR head only takes the grid it was trained on.
     pub fn forward(&self, tokens: ArrayView2<f32>) -> Result<Array2<f32>, GridMismatch> {
+        let trunk = self.trunk(tokens)?;
+        Ok(mlp(&self.weights, self.projection_prefix(), trunk.view()))
+    }
+
+    /// The final projection's weights (`f1_*`, `f2a_*`, `f2b_*`, without
+    /// the head's prefix): a CAUSE-MLP head itself, a TR head's `mlp/`.
+    pub fn projection(&self) -> Weights {
+        let prefix = self.projection_prefix();
+        let mut projection = Weights::default();
+        for (name, _) in MLP_LAYOUT {
+            projection.insert(*name, self.weights.get(&format!("{prefix}{name}")).expect("checked layout").to_owned());
+        }
+        projection
+    }
+
+    /// The head with its final projection replaced (its hidden width may
+    /// differ); fails when the shapes do not fit the rest of the head.
+    pub fn with_projection(&self, projection: &Weights) -> Result<Head, HeadError> {
+        let mut weights = self.weights.clone();
+        for (name, values) in projection.iter() {
+            weights.insert(format!("{}{name}", self.projection_prefix()), values.to_owned());
+        }
+        Head::new(self.kind, weights)
+    }
+
+    /// What the final projection reads, `[T, d]`: the tokens themselves
+    /// for an MLP head, the decoder layer's output (with the residual) for
+    /// a TR head, which only takes the grid it was trained on.
+    pub fn trunk(&self, tokens: ArrayView2<f32>) -> Result<Array2<f32>, GridMismatch> {
         let w = &self.weights;
         if self.kind == HeadKind::Mlp {
-            return Ok(mlp(w, "", tokens));
+            return Ok(tokens.to_owned());
         }
         let (rows, cols) = self.grid().expect("a TR head has a positional embedding");
         if tokens.dim() != (rows * cols, self.input_dim()) {
@@ -278,18 +307,27 @@ impl Head {
         let with_pos = &tgt + &pos;
         let tgt = layer_norm(w, "norm2", (&tgt + &attention(w, "cross_attn", with_pos.view(), x.view(), x.view())).view());
         let hidden = linear(w, "ffn1", tgt.view()).mapv(|v| v.max(0.0));
-        let out = x + layer_norm(w, "norm3", (tgt + linear(w, "ffn2", hidden.view())).view());
-        Ok(mlp(w, "mlp/", out.view()))
+        Ok(x + layer_norm(w, "norm3", (tgt + linear(w, "ffn2", hidden.view())).view()))
     }
 
     /// Head features of a patch grid `[rows, cols, D]` → `[rows, cols, R]`,
     /// on any grid (see [`Head::at_grid`]).
     pub fn apply(&self, features: ArrayView3<f32>) -> Result<Array3<f32>, GridMismatch> {
+        self.on_grid(features, Head::forward)
+    }
+
+    /// [`Head::trunk`] of a patch grid, on any grid.
+    pub fn apply_trunk(&self, features: ArrayView3<f32>) -> Result<Array3<f32>, GridMismatch> {
+        self.on_grid(features, Head::trunk)
+    }
+
+    /// `f` of the grid's tokens, by the head resampled to the grid.
+    fn on_grid(&self, features: ArrayView3<f32>, f: fn(&Head, ArrayView2<f32>) -> Result<Array2<f32>, GridMismatch>) -> Result<Array3<f32>, GridMismatch> {
         let (rows, cols, dim) = features.dim();
         let flat = features.to_shape((rows * cols, dim)).expect("contiguous features");
         let out = match self.grid() {
-            Some(grid) if grid != (rows, cols) => self.at_grid(rows, cols).forward(flat.view())?,
-            _ => self.forward(flat.view())?,
+            Some(grid) if grid != (rows, cols) => f(&self.at_grid(rows, cols), flat.view())?,
+            _ => f(self, flat.view())?,
         };
         Ok(rows_to_grid(out, rows, cols))
     }

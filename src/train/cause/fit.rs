@@ -111,7 +111,8 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
         let result = &mut trained.result;
         let kind = options.stages.probe;
         let probe = result.probe(kind).expect("the chosen probe is always fitted");
-        let (probe, report) = self_train_model(whole, Some(&result.head), probe, self_train)?;
+        let (head, probe, report) = self_train_model(whole, Some(&result.head), probe, self_train)?;
+        result.head = head.expect("self-training keeps the head");
         result.probes.retain(|(k, _)| *k != kind);
         result.probes.push((kind, probe));
         result.seconds.push(("self-training", started.elapsed().as_secs_f64()));

@@ -223,12 +223,12 @@ pub fn run_protocol(
                         (Some(trained.result.head), probe)
                     }
                 };
-                let mut probes = vec![(false, probe, started.elapsed().as_secs_f64())];
+                let mut models = vec![(false, head, probe, started.elapsed().as_secs_f64())];
                 if let Some(options) = self_train.as_ref().filter(|_| method != Method::ClassMeans) {
-                    let (trained, _) = self_train_model(&train_set, head.as_ref(), &probes[0].1, &SelfTrainOptions { seed, ..*options })?;
-                    probes.push((true, trained, started.elapsed().as_secs_f64()));
+                    let (head, trained, _) = self_train_model(&train_set, models[0].1.as_ref(), &models[0].2, &SelfTrainOptions { seed, ..*options })?;
+                    models.push((true, head, trained, started.elapsed().as_secs_f64()));
                 }
-                for (self_trained, probe, fit_seconds) in &probes {
+                for (self_trained, head, probe, fit_seconds) in &models {
                     for &scoring in &scorings {
                         let measured = evaluate(&data, head.as_ref(), probe, &measuring.input, patch, scoring)?;
                         let Scoring { flip, multi_scale, refine } = scoring;
