@@ -325,13 +325,17 @@ mod trained {
         let dir = tempfile::tempdir().unwrap();
         let images = common::sample_images();
         let model = dir.path().join("tr");
-        let output = fit(&images, &model, &["--head", "tr", "--whiten", "8", "--five-crop", "--seed", "1"]);
+        let output = fit(&images, &model, &["--head", "tr", "--whiten", "8", "--five-crop", "--seed", "1", "--self-train-head", "1e-3"]);
         assert!(output.status.success(), "{}", stderr(&output));
+        // The self-trained projection's ReLU branch is widened to 128 units.
+        let f2a: ndarray::Array2<f32> = ndarray_npy::read_npy(model.join("head/mlp/f2a_weight.npy")).unwrap();
+        assert_eq!(f2a.nrows(), 128);
         for file in ["head/codes.npy", "head/pos.npy", "head/input_weight.npy", "head/mlp/f1_weight.npy", "input_mean.npy", "input_projection.npy"] {
             assert!(model.join(file).is_file(), "{file} missing");
         }
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(model.join("training.json")).unwrap()).unwrap();
         assert_eq!(report["five_crop"], true);
+        assert_eq!(report["self_training_options"]["head_lr"], 1e-3, "{report}");
         let samples = std::fs::read_dir(&images).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "jpg")).count();
         assert_eq!(report["images"], samples);
         assert_eq!(report["input_transform"]["dims"], 8);
