@@ -50,6 +50,8 @@ pub struct FoldResult {
     pub method: Method,
     /// Whether its probe was self-trained on mask proposals.
     pub self_trained: bool,
+    /// The learning rate its head's projection was self-trained at, if it was.
+    pub self_train_head: Option<f64>,
     /// Whether its features were averaged with the mirrored image's.
     pub flip: bool,
     /// Whether its scores were averaged over the input sizes of
@@ -159,7 +161,7 @@ pub fn run_protocol(
         let train_set = subset(&full, &train_indices);
         // What the stages fit on: the training images and their extra views
         // (self-training and the class-means reference use the images only).
-        let mut fit_set = subset(&full, &train_indices);
+        let mut fit_set = copy(&train_set);
         for view in &extra {
             fit_set.append(subset(view, &train_indices));
         }
@@ -235,6 +237,7 @@ pub fn run_protocol(
                         let result = FoldResult {
                             method,
                             self_trained: *self_trained,
+                            self_train_head: self_train.as_ref().and_then(|o| o.head_lr).filter(|_| *self_trained && head.is_some()),
                             flip,
                             multi_scale,
                             five_crop: options.five_crop,
@@ -303,6 +306,9 @@ pub fn table(results: &[FoldResult]) -> String {
         let mut name = kebab(serde_json::to_value(method).expect("serialisable"));
         if self_trained {
             name += " + self-train";
+            if of(None, None).iter().any(|r| r.self_train_head.is_some()) {
+                name += " (head too)";
+            }
         }
         if flip {
             name += " + flip";
@@ -339,6 +345,7 @@ mod tests {
         FoldResult {
             method,
             self_trained: false,
+            self_train_head: None,
             flip: false,
             multi_scale: false,
             five_crop: false,
