@@ -103,7 +103,7 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
         writer.npy("clusterbook.npy", &codes)?;
         return Ok(writer.finish(None)?);
     }
-    let skipped = set.skipped;
+    let (skipped, grids) = (set.skipped, set.len());
     let mut trained = train(set, options, job.concepts, options.validation.is_some(), baseline)?;
     let mut self_train_report = None;
     if let (Some(self_train), Some(whole)) = (&options.self_train, &whole_views) {
@@ -193,6 +193,7 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
         "five_crop": options.five_crop,
         "augment": options.augment,
         "skipped": skipped,
+        "training_grids": grids,
         "seconds": result.seconds.iter().map(|(s, t)| json!({"stage": s, "seconds": t})).collect::<Vec<_>>(),
         "total_seconds": started.elapsed().as_secs_f64(),
         "clusterbook": result.clusterbook_report.as_ref().map(|r| json!({"final_loss": r.final_loss, "used_codes": r.used_codes, "restarted": r.restarted})),
