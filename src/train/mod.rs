@@ -1,5 +1,6 @@
 //! Learning concepts offline (`causeseg fit`): backbone features of
-//! unlabelled images ([`features`], cached by [`feature_cache`]), then
+//! unlabelled images and of random training views of them ([`features`],
+//! [`augment`], cached by [`feature_cache`]), then
 //! spherical k-means ([`kmeans`]) or the CAUSE stages ([`cause`], feature
 //! `train`); every method writes its model through
 //! [`ModelWriter`](crate::model::ModelWriter).
