@@ -16,6 +16,8 @@
 //! of the token-by-token noise of k-means. Only features are read, never
 //! a label.
 
+use std::borrow::Cow;
+
 use candle_core::{Device, Tensor, Var, D};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use rand::seq::SliceRandom;
@@ -273,8 +275,8 @@ fn self_train(set: &FeatureSet, projection: Option<Weights>, probe: &Array2<f32>
             let (mut rows, mut labels) = (Vec::new(), Vec::new());
             for &i in chunk {
                 let voters = match &teacher_projection {
-                    Some(t) => probe_space(&inputs[i], Some(&t.params))?,
-                    None => inputs[i].clone(),
+                    Some(t) => Cow::Owned(probe_space(&inputs[i], Some(&t.params))?),
+                    None => Cow::Borrowed(&inputs[i]),
                 };
                 for (mask, label) in masks[i].iter().zip(vote(voters.view(), &masks[i], &teacher)) {
                     rows.extend(mask.iter().map(|&t| inputs[i].row(t)));
@@ -309,15 +311,15 @@ fn self_train(set: &FeatureSet, projection: Option<Weights>, probe: &Array2<f32>
         bar.inc();
     }
     bar.finish();
-    let trained_projection = teacher_projection.map(|t| t.params.to_weights()).transpose()?;
     let mut changed = 0;
     for (x, before) in inputs.iter().zip(&start) {
-        let after = match &trained_projection {
-            Some(w) => probe_space(x, Some(&Params::from_weights(w, &device)?))?,
-            None => x.clone(),
+        let after = match &teacher_projection {
+            Some(t) => Cow::Owned(probe_space(x, Some(&t.params))?),
+            None => Cow::Borrowed(x),
         };
         changed += assign(before.view(), &initial).iter().zip(assign(after.view(), &teacher)).filter(|(a, b)| **a != *b).count();
     }
+    let trained_projection = teacher_projection.map(|t| t.params.to_weights()).transpose()?;
     let report = SelfTrainReport { masks_per_image, covered: covered as f64 / total as f64, final_loss, changed: changed as f64 / total as f64 };
     log::info!("self-training: focal loss {final_loss:.4}, {:.1} % of the tokens changed concept", 100.0 * report.changed);
     Ok((trained_projection, teacher, report))
