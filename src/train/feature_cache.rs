@@ -2,9 +2,11 @@
 //! another K) or an interrupted run never recomputes the backbone.
 //!
 //! One `.npy` (float32 `[rows, cols, D]`) per image under
-//! `<cache>/features/<backbone sha>-<W>x<H>-<resize>/`, keyed by the image's
-//! absolute path, size and modification time. Files are written atomically,
-//! so a run killed half-way resumes with the images it finished.
+//! `<cache>/features/<backbone sha>-<W>x<H>-<resize>/`, keyed by a SHA-256 of
+//! the image file's bytes: a copied, moved or re-extracted data set (new
+//! paths, new modification times) still hits the cache, an edited image
+//! does not. Files are written atomically, so a run killed half-way resumes
+//! with the images it finished.
 
 use std::path::{Path, PathBuf};
 
@@ -47,15 +49,9 @@ impl FeatureCache {
     }
 
     fn entry(&self, image: &Path) -> Option<PathBuf> {
-        let absolute = std::fs::canonicalize(image).ok()?;
-        let meta = std::fs::metadata(&absolute).ok()?;
-        let modified = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
-        let mut hasher = Sha256::new();
-        hasher.update(absolute.to_string_lossy().as_bytes());
-        hasher.update(meta.len().to_le_bytes());
-        hasher.update(modified.to_le_bytes());
+        let bytes = std::fs::read(image).ok()?;
         let stem = image.file_stem()?.to_string_lossy();
-        Some(self.dir.join(format!("{stem}-{:.16x}.npy", hasher.finalize())))
+        Some(self.dir.join(format!("{stem}-{:.16x}.npy", Sha256::digest(&bytes))))
     }
 }
 
@@ -65,18 +61,45 @@ mod tests {
     use crate::model::manifest::{IMAGENET_MEAN, IMAGENET_STD};
     use crate::pipeline::preprocess::ResizePolicy;
 
+    fn test_cache(root: &Path) -> FeatureCache {
+        let backbone = BackboneRef { file: "b".into(), sha256: "0123456789abcdef".into(), patch_size: 14, feature_dim: 2 };
+        let input = InputSpec { width: 28, height: 14, mean: IMAGENET_MEAN, std: IMAGENET_STD, resize: ResizePolicy::Stretch };
+        FeatureCache::new(root, &backbone, &input)
+    }
+
     #[test]
     fn second_lookup_reads_the_stored_features() {
         let root = tempfile::tempdir().unwrap();
         let image = root.path().join("a.jpg");
         std::fs::write(&image, b"x").unwrap();
-        let backbone = BackboneRef { file: "b".into(), sha256: "0123456789abcdef".into(), patch_size: 14, feature_dim: 2 };
-        let input = InputSpec { width: 28, height: 14, mean: IMAGENET_MEAN, std: IMAGENET_STD, resize: ResizePolicy::Stretch };
-        let cache = FeatureCache::new(root.path(), &backbone, &input);
+        let cache = test_cache(root.path());
         let features = Array3::from_shape_fn((1, 2, 2), |(_, c, d)| (c * 2 + d) as f32);
         let first: Result<_, ()> = cache.get_or_compute(&image, || Ok(features.clone()));
         assert_eq!(first.unwrap(), features);
         let second: Result<_, ()> = cache.get_or_compute(&image, || panic!("must come from the cache"));
         assert_eq!(second.unwrap(), features);
+    }
+
+    #[test]
+    fn entries_follow_the_image_content_not_its_path_or_time() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = test_cache(root.path());
+        let original = root.path().join("a.jpg");
+        std::fs::write(&original, b"pixels").unwrap();
+        let features = Array3::from_elem((1, 1, 2), 1.0f32);
+        let _: Result<_, ()> = cache.get_or_compute(&original, || Ok(features.clone()));
+        let copy_dir = root.path().join("copy");
+        std::fs::create_dir(&copy_dir).unwrap();
+        let copy = copy_dir.join("a.jpg");
+        std::fs::copy(&original, &copy).unwrap();
+        let hit: Result<_, ()> = cache.get_or_compute(&copy, || panic!("a copy must hit the cache"));
+        assert_eq!(hit.unwrap(), features);
+        std::fs::write(&copy, b"edited").unwrap();
+        let mut recomputed = false;
+        let _: Result<_, ()> = cache.get_or_compute(&copy, || {
+            recomputed = true;
+            Ok(features.clone())
+        });
+        assert!(recomputed, "an edited image must be recomputed");
     }
 }
