@@ -105,6 +105,30 @@ mod trained {
         assert!(labels.pixels().all(|p| p.0[0] < 3));
     }
 
+    /// `--views-for probe`: the five crops reach the probe only, so the
+    /// whitening, clusterbook and head are those of a fit on the images
+    /// alone (same seed), and the probe differs.
+    #[test]
+    fn views_for_probe_trains_every_other_stage_on_the_images_alone() {
+        if common::backbone().is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let images = common::sample_images();
+        let (plain, probe_views) = (dir.path().join("plain"), dir.path().join("probe-views"));
+        let settings = ["--head", "mlp", "--seed", "2", "--no-self-train"];
+        assert!(fit(&images, &plain, &settings).status.success());
+        let output = fit(&images, &probe_views, &[&settings[..], &["--five-crop", "--views-for", "probe"]].concat());
+        assert!(output.status.success(), "{}", stderr(&output));
+        for file in ["input_projection.npy", "clusterbook.npy", "head/f1_weight.npy", "head/f2a_weight.npy"] {
+            assert_eq!(std::fs::read(plain.join(file)).unwrap(), std::fs::read(probe_views.join(file)).unwrap(), "{file}");
+        }
+        assert_ne!(std::fs::read(plain.join("centroids.npy")).unwrap(), std::fs::read(probe_views.join("centroids.npy")).unwrap());
+        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(probe_views.join("training.json")).unwrap()).unwrap();
+        assert_eq!(report["views_for"], "probe");
+        assert_eq!(report["training_grids"], 6 * report["images"].as_u64().unwrap(), "{report}");
+    }
+
     /// Three CamVid images of each of two drives, with their labels, copied
     /// into a temporary directory (never into the repository).
     fn two_drives(dir: &Path) -> Option<(std::path::PathBuf, std::path::PathBuf)> {

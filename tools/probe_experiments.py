@@ -249,6 +249,25 @@ def segkm(tr,te,seed,k=4.0,min_size=8,alpha=0.5):
     C=wskmeans(unit(np.array(means)),np.array(sizes,float)**alpha,11,seed)
     return evaluate(Z[te]@C.T,L[te])
 
+# ---- crops: CAUSE's five crops (the cache that `protocol --five-crop` fills) in the whitening and/or the k-means sample ----
+CROPS=None
+def crop_features():
+    global CROPS
+    if CROPS is None:
+        root=os.path.dirname(os.path.dirname(FE)); views=[]
+        for i in range(5):
+            d=glob.glob(f'{root}/crop{i}/features/*-448x336-stretch')[0]; fs={}
+            for f in os.listdir(d): fs.setdefault(f.rsplit('-',1)[0],f)
+            views.append(np.stack([np.load(f'{d}/{fs[s]}') for s in stems]).astype(np.float32))
+        CROPS=np.stack(views,1)  # [N,5,24,32,384]
+    return CROPS
+def wkm_crops(tr,te,seed,whiten_crops=True,kmeans_crops=True,n=150000):
+    Cr=crop_features()[tr].reshape(-1,384); X=F[tr].reshape(-1,384)
+    mu,P=whiten_fit(np.concatenate([X,Cr]) if whiten_crops else X,64)
+    pool=np.concatenate([X,Cr]) if kmeans_crops else X
+    Z=unit((sub(pool,seed,n)-mu)@P); C=skmeans(Z,11,seed)
+    return evaluate(unit((F[te]-mu)@P)@C.T,L[te])
+
 if __name__=="__main__":
     import sys
     for expr in sys.argv[1:]: eval(expr)

@@ -95,6 +95,12 @@ pub mod cause {
         /// the features; each view's features are cached).
         #[arg(long, default_value_t = 0, value_name = "N")]
         pub augment: usize,
+        /// Which stages train on the views of --five-crop and --augment:
+        /// all of them, or only the final cluster probe (the whitening,
+        /// clusterbook and head train on the images alone, so the head's
+        /// training time stays that of the images).
+        #[arg(long, value_enum, default_value = "all")]
+        pub views_for: ViewsForArg,
         /// Concept clusterbook size K.
         #[arg(long, default_value_t = 2048)]
         pub clusterbook_size: usize,
@@ -244,6 +250,14 @@ pub mod cause {
 
     /// Probe choices.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+    pub enum ViewsForArg {
+        /// Every stage: whitening, clusterbook, head and probe.
+        All,
+        /// The final cluster probe only.
+        Probe,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
     pub enum ProbeArg {
         /// Spherical k-means on head features.
         Kmeans,
@@ -283,7 +297,7 @@ pub mod cause {
         /// The library's settings for these arguments, every stage seeded by `seed`.
         pub fn options(&self, seed: u64, validation: Option<causeseg::train::cause::fit::Validation>) -> causeseg::train::cause::fit::FitOptions {
             use causeseg::head::HeadKind;
-            use causeseg::train::cause::fit::FitOptions;
+            use causeseg::train::cause::fit::{FitOptions, ViewsFor};
             use causeseg::train::cause::head_training::HeadOptions;
             use causeseg::train::cause::modularity::ModularityOptions;
             use causeseg::train::cause::probe::ProbeKind;
@@ -338,6 +352,10 @@ pub mod cause {
                 stages,
                 five_crop: args.five_crop,
                 augment: args.augment,
+                views_for: match args.views_for {
+                    ViewsForArg::All => ViewsFor::All,
+                    ViewsForArg::Probe => ViewsFor::Probe,
+                },
                 whiten: args.whiten,
                 center_input: args.center_input,
                 clusterbook_only: args.clusterbook_only,

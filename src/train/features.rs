@@ -73,6 +73,7 @@ impl View {
 }
 
 /// Feature grids `[rows, cols, D]` of a set of images, all of one geometry.
+#[derive(Default)]
 pub struct FeatureSet {
     /// One grid per usable image.
     pub grids: Vec<Array3<f32>>,

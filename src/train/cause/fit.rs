@@ -33,6 +33,8 @@ pub struct FitOptions {
     /// Also train on this many random views of every image (crop, mirror,
     /// photometric jitter: [`crate::train::augment`]).
     pub augment: usize,
+    /// Which stages see those extra views.
+    pub views_for: ViewsFor,
     /// Centre and PCA-whiten the tokens to this many dimensions (0: off).
     pub whiten: usize,
     /// With `whiten` 0: centre the tokens on their training mean.
@@ -55,6 +57,20 @@ impl FitOptions {
         let crops = if self.five_crop { &View::FULL_AND_FIVE_CROPS[1..] } else { &[][..] };
         crops.iter().copied().chain((0..self.augment).map(View::Augmented)).collect()
     }
+}
+
+/// Which stages train on the extra views of `--five-crop` and `--augment`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ViewsFor {
+    /// Every stage: input whitening, clusterbook, head and probe.
+    #[default]
+    All,
+    /// Only the final cluster probe: the whitening, clusterbook and head
+    /// train on the images alone (the head's training time stays that of
+    /// the images), the probe clusters the head's outputs of the images and
+    /// the views.
+    Probe,
 }
 
 /// Labelled images to measure a fitted model on.
@@ -85,14 +101,24 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
     let whole_views = options.self_train.map(|_| FeatureSet { grids: set.grids.clone(), paths: set.paths.clone(), skipped: 0 });
     let paths = set.paths.clone();
     let views = options.extra_views();
+    let mut probe_views = FeatureSet::default();
     for (i, view) in views.iter().enumerate() {
-        set.append(extraction.features(&paths, *view, &format!("view {}/{}", i + 1, views.len()))?);
+        let features = extraction.features(&paths, *view, &format!("view {}/{}", i + 1, views.len()))?;
+        match options.views_for {
+            ViewsFor::All => set.append(features),
+            ViewsFor::Probe => probe_views.append(features),
+        }
     }
     if set.is_empty() {
         return Err(TrainError::NoImages(format!("{} ({} files, none readable)", job.sources(), job.images.len())));
     }
     let (rows, cols, dim) = set.geometry()?;
-    log::info!("{images_used} images ({} skipped), {} grids of {rows}x{cols} patches of {dim} features", set.skipped, set.len());
+    log::info!(
+        "{images_used} images ({} skipped), {} grids of {rows}x{cols} patches of {dim} features (and {} views for the probe only)",
+        set.skipped,
+        set.len(),
+        probe_views.len()
+    );
     let baseline = options.validation.as_ref().is_some_and(|v| v.baseline);
     let raw_baseline = if baseline { Some(kmeans_probe(&set, job.concepts, job.seed)?) } else { None };
     if options.clusterbook_only {
@@ -103,8 +129,9 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
         writer.npy("clusterbook.npy", &codes)?;
         return Ok(writer.finish(None)?);
     }
-    let (skipped, grids) = (set.skipped, set.len());
-    let mut trained = train(set, options, job.concepts, options.validation.is_some(), baseline)?;
+    let (skipped, grids) = (set.skipped, set.len() + probe_views.len());
+    let probe_views = (!probe_views.is_empty()).then_some(probe_views);
+    let mut trained = train(set, probe_views, options, job.concepts, options.validation.is_some(), baseline)?;
     let mut self_train_report = None;
     if let (Some(self_train), Some(whole)) = (&options.self_train, &whole_views) {
         let started = Instant::now();
@@ -192,6 +219,7 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
         "images": images_used,
         "five_crop": options.five_crop,
         "augment": options.augment,
+        "views_for": options.views_for,
         "skipped": skipped,
         "training_grids": grids,
         "seconds": result.seconds.iter().map(|(s, t)| json!({"stage": s, "seconds": t})).collect::<Vec<_>>(),
@@ -254,17 +282,24 @@ fn transform_input(mut set: FeatureSet, options: &FitOptions) -> Result<(Feature
 }
 
 /// Stage 0 (the input transform) and the stages of [`run`] on the backbone
-/// features `set` (with any extra views appended), label-free; the
-/// transform is folded into the head. `compare_probes` also fits the probe
-/// that is not written; `baselines` also fits k-means on the transformed
-/// tokens.
-pub fn train(set: FeatureSet, options: &FitOptions, concepts: usize, compare_probes: bool, baselines: bool) -> Result<Trained> {
+/// features `set` (with the extra views that every stage sees appended),
+/// label-free; `probe_views` are views for the probe only (transformed
+/// like `set`). The transform is folded into the head. `compare_probes`
+/// also fits the probe that is not written; `baselines` also fits k-means
+/// on the transformed tokens.
+pub fn train(set: FeatureSet, probe_views: Option<FeatureSet>, options: &FitOptions, concepts: usize, compare_probes: bool, baselines: bool) -> Result<Trained> {
     let (set, transform) = transform_input(set, options)?;
+    let probe_views = probe_views.map(|mut views| {
+        if let Some((t, _)) = &transform {
+            t.apply(&mut views);
+        }
+        views
+    });
     let transformed_baseline = match (&transform, baselines) {
         (Some((t, _)), true) => Some((t.as_head(), kmeans_probe(&set, concepts, options.stages.head.seed)?)),
         _ => None,
     };
-    let mut result = run(&set, &options.stages, concepts, compare_probes)?;
+    let mut result = run(&set, probe_views.as_ref(), &options.stages, concepts, compare_probes)?;
     if let Some((t, _)) = &transform {
         t.fold_into_head(&mut result.head);
     }

@@ -14,7 +14,7 @@ use ndarray::Array2;
 use serde::Serialize;
 
 use super::evaluate::{evaluate, read_label, LabelledFeatures, Scoring};
-use super::fit::{train, FitOptions};
+use super::fit::{train, FitOptions, ViewsFor};
 use super::probe::kmeans_probe_of;
 use super::reference::{class_means_probe, patch_majority};
 use super::self_training::{self_train_model, SelfTrainOptions};
@@ -61,6 +61,8 @@ pub struct FoldResult {
     pub five_crop: bool,
     /// Random training views per image it also trained on.
     pub augment: usize,
+    /// Which stages saw those views.
+    pub views_for: ViewsFor,
     /// The input size it was measured at (WIDTH, HEIGHT).
     pub eval_size: (u32, u32),
     /// How its scores became labels.
@@ -160,11 +162,16 @@ pub fn run_protocol(
         let train_indices: Vec<usize> = (0..full.len()).filter(|i| !test.contains(i)).collect();
         let train_set = subset(&full, &train_indices);
         // What the stages fit on: the training images and their extra views
-        // (self-training and the class-means reference use the images only).
-        let mut fit_set = copy(&train_set);
+        // (self-training and the class-means reference use the images only);
+        // with `ViewsFor::Probe` the views go to the probe alone.
+        let mut views = FeatureSet::default();
         for view in &extra {
-            fit_set.append(subset(view, &train_indices));
+            views.append(subset(view, &train_indices));
         }
+        let mut fit_set = copy(&train_set);
+        fit_set.append(copy(&views));
+        let stage_set = if options.views_for == ViewsFor::Probe { &train_set } else { &fit_set };
+        let probe_views = (options.views_for == ViewsFor::Probe && !views.is_empty()).then_some(&views);
         // Only the held-out images are measured: their features at the
         // measuring size (and mirrored) are computed here, once per fold.
         let test_set = subset(&full, test);
@@ -207,7 +214,7 @@ pub fn run_protocol(
                 let (head, probe): (Option<Head>, Array2<f32>) = match method {
                     Method::Kmeans => (None, kmeans_probe_of(options.stages.probe, &fit_set, classes, seed)?),
                     Method::KmeansWhitened => {
-                        let (transform, _) = InputTransform::fit(&fit_set, options.whiten)?;
+                        let (transform, _) = InputTransform::fit(stage_set, options.whiten)?;
                         let mut whitened = copy(&fit_set);
                         transform.apply(&mut whitened);
                         (Some(transform.as_head()), kmeans_probe_of(options.stages.probe, &whitened, classes, seed)?)
@@ -220,7 +227,7 @@ pub fn run_protocol(
                     }
                     Method::Cause => {
                         let seeded = FitOptions { stages: options.stages.with_seed(seed), ..options.clone() };
-                        let trained = train(copy(&fit_set), &seeded, classes, false, false)?;
+                        let trained = train(copy(stage_set), probe_views.map(copy), &seeded, classes, false, false)?;
                         let probe = trained.result.probe(seeded.stages.probe).expect("the chosen probe is fitted").clone();
                         (Some(trained.result.head), probe)
                     }
@@ -242,6 +249,7 @@ pub fn run_protocol(
                             multi_scale,
                             five_crop: options.five_crop,
                             augment: options.augment,
+                            views_for: options.views_for,
                             eval_size: (measuring.input.width, measuring.input.height),
                             refine,
                             drive: drive.clone(),
@@ -350,6 +358,7 @@ mod tests {
             multi_scale: false,
             five_crop: false,
             augment: 0,
+            views_for: ViewsFor::All,
             eval_size: (448, 336),
             refine: Refine::None,
             drive: drive.into(),

@@ -95,9 +95,10 @@ pub fn train_clusterbook(set: &FeatureSet, options: &ModularityOptions) -> Resul
 }
 
 /// Runs every stage that is not reused, with a probe of `concepts`
-/// concepts; `compare_probes` also fits the probe that is not written, to
-/// measure both.
-pub fn run(set: &FeatureSet, options: &CauseOptions, concepts: usize, compare_probes: bool) -> Result<CauseResult> {
+/// concepts; `probe_views` (extra views of the images) are seen by the
+/// probe only, on top of `set`; `compare_probes` also fits the probe that
+/// is not written, to measure both.
+pub fn run(set: &FeatureSet, probe_views: Option<&FeatureSet>, options: &CauseOptions, concepts: usize, compare_probes: bool) -> Result<CauseResult> {
     set.geometry()?;
     let mut seconds = Vec::new();
     let start = Instant::now();
@@ -122,6 +123,9 @@ pub fn run(set: &FeatureSet, options: &CauseOptions, concepts: usize, compare_pr
     };
     let mut head = head;
     let mut features = head_features(set, &head)?;
+    if let Some(views) = probe_views {
+        features.append(head_features(views, &head)?);
+    }
     if options.center {
         let mean = mean_token(&features);
         head.center_output(&mean);
