@@ -248,7 +248,7 @@ pub mod cause {
         Tr,
     }
 
-    /// Probe choices.
+    /// Which stages see the extra training views.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
     pub enum ViewsForArg {
         /// Every stage: whitening, clusterbook, head and probe.
@@ -257,6 +257,7 @@ pub mod cause {
         Probe,
     }
 
+    /// Probe choices.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
     pub enum ProbeArg {
         /// Spherical k-means on head features.

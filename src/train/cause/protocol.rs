@@ -169,9 +169,17 @@ pub fn run_protocol(
             views.append(subset(view, &train_indices));
         }
         let mut fit_set = copy(&train_set);
-        fit_set.append(copy(&views));
+        let probe_views = match options.views_for {
+            ViewsFor::All => {
+                fit_set.append(views);
+                None
+            }
+            ViewsFor::Probe => {
+                fit_set.append(copy(&views));
+                (!views.is_empty()).then_some(views)
+            }
+        };
         let stage_set = if options.views_for == ViewsFor::Probe { &train_set } else { &fit_set };
-        let probe_views = (options.views_for == ViewsFor::Probe && !views.is_empty()).then_some(&views);
         // Only the held-out images are measured: their features at the
         // measuring size (and mirrored) are computed here, once per fold.
         let test_set = subset(&full, test);
@@ -227,7 +235,7 @@ pub fn run_protocol(
                     }
                     Method::Cause => {
                         let seeded = FitOptions { stages: options.stages.with_seed(seed), ..options.clone() };
-                        let trained = train(copy(stage_set), probe_views.map(copy), &seeded, classes, false, false)?;
+                        let trained = train(copy(stage_set), probe_views.as_ref().map(copy), &seeded, classes, false, false)?;
                         let probe = trained.result.probe(seeded.stages.probe).expect("the chosen probe is fitted").clone();
                         (Some(trained.result.head), probe)
                     }
