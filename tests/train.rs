@@ -105,6 +105,19 @@ mod trained {
         assert!(labels.pixels().all(|p| p.0[0] < 3));
     }
 
+    /// Fits the sample images twice with `settings`, the second time with
+    /// `extra` flags too: the temporary directory and the two models.
+    fn fit_twice(settings: &[&str], extra: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let images = common::sample_images();
+        let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+        let output = fit(&images, &first, settings);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let output = fit(&images, &second, &[settings, extra].concat());
+        assert!(output.status.success(), "{}", stderr(&output));
+        (dir, first, second)
+    }
+
     /// `--views-for probe`: the five crops reach the probe only, so the
     /// whitening, clusterbook and head are those of a fit on the images
     /// alone (same seed), and the probe differs.
@@ -113,13 +126,7 @@ mod trained {
         if common::backbone().is_none() {
             return;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let images = common::sample_images();
-        let (plain, probe_views) = (dir.path().join("plain"), dir.path().join("probe-views"));
-        let settings = ["--head", "mlp", "--seed", "2", "--no-self-train"];
-        assert!(fit(&images, &plain, &settings).status.success());
-        let output = fit(&images, &probe_views, &[&settings[..], &["--five-crop", "--views-for", "probe"]].concat());
-        assert!(output.status.success(), "{}", stderr(&output));
+        let (_dir, plain, probe_views) = fit_twice(&["--head", "mlp", "--seed", "2", "--no-self-train"], &["--five-crop", "--views-for", "probe"]);
         for file in ["input_projection.npy", "clusterbook.npy", "head/f1_weight.npy", "head/f2a_weight.npy"] {
             assert_eq!(std::fs::read(plain.join(file)).unwrap(), std::fs::read(probe_views.join(file)).unwrap(), "{file}");
         }
@@ -127,6 +134,29 @@ mod trained {
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(probe_views.join("training.json")).unwrap()).unwrap();
         assert_eq!(report["views_for"], "probe");
         assert_eq!(report["training_grids"], 6 * report["images"].as_u64().unwrap(), "{report}");
+    }
+
+    /// `--views-for whitening`: the five crops shape the input whitening
+    /// exactly as when every stage sees them, and nothing else; without a
+    /// whitening to fit it is a clear error.
+    #[test]
+    fn views_for_whitening_fits_the_whitening_on_the_views() {
+        if common::backbone().is_none() {
+            return;
+        }
+        let settings = ["--head", "mlp", "--seed", "2", "--no-self-train", "--five-crop"];
+        let (dir, all, whitening) = fit_twice(&settings, &["--views-for", "whitening"]);
+        for file in ["input_mean.npy", "input_projection.npy"] {
+            assert_eq!(std::fs::read(all.join(file)).unwrap(), std::fs::read(whitening.join(file)).unwrap(), "{file}");
+        }
+        assert_ne!(std::fs::read(all.join("clusterbook.npy")).unwrap(), std::fs::read(whitening.join("clusterbook.npy")).unwrap());
+        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(whitening.join("training.json")).unwrap()).unwrap();
+        assert_eq!(report["views_for"], "whitening");
+
+        let output = fit(&common::sample_images(), &dir.path().join("none"), &[&settings[..], &["--views-for", "whitening", "--whiten", "0"]].concat());
+        assert!(!output.status.success());
+        assert!(stderr(&output).contains("--views-for whitening needs an input transform to fit (--whiten D or --center-input"), "{}", stderr(&output));
+        assert!(!dir.path().join("none").exists(), "nothing written");
     }
 
     /// Three CamVid images of each of two drives, with their labels, copied

@@ -96,9 +96,11 @@ pub mod cause {
         #[arg(long, default_value_t = 0, value_name = "N")]
         pub augment: usize,
         /// Which stages train on the views of --five-crop and --augment:
-        /// all of them, or only the final cluster probe (the whitening,
+        /// all of them; only the final cluster probe (the whitening,
         /// clusterbook and head train on the images alone, so the head's
-        /// training time stays that of the images).
+        /// training time stays that of the images); or only the input
+        /// whitening (its statistics; every later stage trains on the
+        /// images alone).
         #[arg(long, value_enum, default_value = "all")]
         pub views_for: ViewsForArg,
         /// Concept clusterbook size K.
@@ -255,6 +257,8 @@ pub mod cause {
         All,
         /// The final cluster probe only.
         Probe,
+        /// The input whitening only.
+        Whitening,
     }
 
     /// Probe choices.
@@ -356,6 +360,7 @@ pub mod cause {
                 views_for: match args.views_for {
                     ViewsForArg::All => ViewsFor::All,
                     ViewsForArg::Probe => ViewsFor::Probe,
+                    ViewsForArg::Whitening => ViewsFor::Whitening,
                 },
                 whiten: args.whiten,
                 center_input: args.center_input,

@@ -50,6 +50,21 @@ pub struct FitOptions {
 }
 
 impl FitOptions {
+    /// Whether `fit` fits an input transform (centring or whitening): not
+    /// when a head is reused, which carries its own.
+    pub fn fits_transform(&self) -> bool {
+        self.stages.head_from.is_none() && (self.center_input || self.whiten > 0)
+    }
+
+    /// An error when the extra views would reach no stage: `--views-for
+    /// whitening` without an input transform to fit.
+    pub fn check_views_for(&self) -> Result<()> {
+        if self.views_for == ViewsFor::Whitening && !self.fits_transform() {
+            return Err(TrainError::Invalid("--views-for whitening needs an input transform to fit (--whiten D or --center-input, without --head-from)".into()));
+        }
+        Ok(())
+    }
+
     /// The views of every training image that the stages see besides the
     /// image itself: the five crops, then the random views. The self-training
     /// stage and the measurements use whole images only.
@@ -71,6 +86,22 @@ pub enum ViewsFor {
     /// the images), the probe clusters the head's outputs of the images and
     /// the views.
     Probe,
+    /// Only the input whitening: its mean and principal directions come
+    /// from the images and the views, every later stage trains on the
+    /// images alone (needs an input transform).
+    Whitening,
+}
+
+impl ViewsFor {
+    /// Whether the input whitening is fitted on the extra views too.
+    pub fn whitening(self) -> bool {
+        matches!(self, ViewsFor::All | ViewsFor::Whitening)
+    }
+
+    /// Whether the final cluster probe is fitted on the extra views too.
+    pub fn probe(self) -> bool {
+        matches!(self, ViewsFor::All | ViewsFor::Probe)
+    }
 }
 
 /// Labelled images to measure a fitted model on.
@@ -95,43 +126,45 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
     if options.stages.head.batch == 0 {
         return Err(TrainError::Invalid("--batch must be at least 1".into()));
     }
+    options.check_views_for()?;
     let started = Instant::now();
     let mut set = extraction.features(&job.images, View::Full, "features")?;
     let images_used = set.len();
     let whole_views = options.self_train.map(|_| FeatureSet { grids: set.grids.clone(), paths: set.paths.clone(), skipped: 0 });
     let paths = set.paths.clone();
     let views = options.extra_views();
-    let mut probe_views = FeatureSet::default();
+    // Views every stage sees join the images; the others stay apart for
+    // [`train`] to route.
+    let mut held_views = FeatureSet::default();
     for (i, view) in views.iter().enumerate() {
         let features = extraction.features(&paths, *view, &format!("view {}/{}", i + 1, views.len()))?;
         match options.views_for {
             ViewsFor::All => set.append(features),
-            ViewsFor::Probe => probe_views.append(features),
+            ViewsFor::Probe | ViewsFor::Whitening => held_views.append(features),
         }
     }
     if set.is_empty() {
         return Err(TrainError::NoImages(format!("{} ({} files, none readable)", job.sources(), job.images.len())));
     }
     let (rows, cols, dim) = set.geometry()?;
-    log::info!(
-        "{images_used} images ({} skipped), {} grids of {rows}x{cols} patches of {dim} features (and {} views for the probe only)",
-        set.skipped,
-        set.len(),
-        probe_views.len()
-    );
+    let held = match held_views.len() {
+        0 => String::new(),
+        n => format!(" (and {n} views for the {} only)", format!("{:?}", options.views_for).to_lowercase()),
+    };
+    log::info!("{images_used} images ({} skipped), {} grids of {rows}x{cols} patches of {dim} features{held}", set.skipped, set.len());
     let baseline = options.validation.as_ref().is_some_and(|v| v.baseline);
     let raw_baseline = if baseline { Some(kmeans_probe(&set, job.concepts, job.seed)?) } else { None };
+    let (skipped, grids) = (set.skipped, set.len() + held_views.len());
+    let held_views = (!held_views.is_empty()).then_some(held_views);
     if options.clusterbook_only {
-        let (set, _) = transform_input(set, options)?;
+        let set = transform_input(set, held_views, options)?.set;
         let (codes, report) = train_clusterbook(&set, &options.stages.clusterbook)?;
         log::info!("clusterbook: loss {:.4}, {} codes used", report.final_loss, report.used_codes);
         let writer = ModelWriter::create(&job.out)?;
         writer.npy("clusterbook.npy", &codes)?;
         return Ok(writer.finish(None)?);
     }
-    let (skipped, grids) = (set.skipped, set.len() + probe_views.len());
-    let probe_views = (!probe_views.is_empty()).then_some(probe_views);
-    let mut trained = train(set, probe_views, options, job.concepts, options.validation.is_some(), baseline)?;
+    let mut trained = train(set, held_views, options, job.concepts, options.validation.is_some(), baseline)?;
     let mut self_train_report = None;
     if let (Some(self_train), Some(whole)) = (&options.self_train, &whole_views) {
         let started = Instant::now();
@@ -265,12 +298,27 @@ pub struct Trained {
 }
 
 /// Centres / whitens the tokens of `set` as `options` ask (not when a head
-/// is reused: it carries its own transform).
-fn transform_input(mut set: FeatureSet, options: &FitOptions) -> Result<(FeatureSet, Option<(InputTransform, WhiteningReport)>)> {
-    if options.stages.head_from.is_some() || !(options.center_input || options.whiten > 0) {
-        return Ok((set, None));
+/// is reused: it carries its own transform). With `ViewsFor::Whitening`
+/// the transform is fitted on `set` and `views` together and the views are
+/// dropped; otherwise `views` are transformed like `set` and returned.
+fn transform_input(mut set: FeatureSet, views: Option<FeatureSet>, options: &FitOptions) -> Result<TransformedInput> {
+    if !options.fits_transform() {
+        return Ok(TransformedInput { set, probe_views: views, transform: None });
     }
-    let (transform, report) = InputTransform::fit(&set, options.whiten)?;
+    let (transform, report, mut views) = match views {
+        Some(views) if options.views_for == ViewsFor::Whitening => {
+            let images = set.len();
+            set.append(views);
+            let (transform, report) = InputTransform::fit(&set, options.whiten)?;
+            set.grids.truncate(images);
+            set.paths.truncate(images);
+            (transform, report, None)
+        }
+        views => {
+            let (transform, report) = InputTransform::fit(&set, options.whiten)?;
+            (transform, report, views)
+        }
+    };
     log::info!(
         "input transform: {} dims keep {:.1} % of the variance (top direction {:.1} %)",
         report.dims,
@@ -278,23 +326,30 @@ fn transform_input(mut set: FeatureSet, options: &FitOptions) -> Result<(Feature
         100.0 * report.top_direction_variance
     );
     transform.apply(&mut set);
-    Ok((set, Some((transform, report))))
+    if let Some(views) = &mut views {
+        transform.apply(views);
+    }
+    Ok(TransformedInput { set, probe_views: views, transform: Some((transform, report)) })
+}
+
+/// What [`transform_input`] returns.
+struct TransformedInput {
+    /// The training tokens, transformed.
+    set: FeatureSet,
+    /// The views for the probe only, transformed likewise.
+    probe_views: Option<FeatureSet>,
+    /// The fitted transform and its report (`None`: no transform fitted).
+    transform: Option<(InputTransform, WhiteningReport)>,
 }
 
 /// Stage 0 (the input transform) and the stages of [`run`] on the backbone
 /// features `set` (with the extra views that every stage sees appended),
-/// label-free; `probe_views` are views for the probe only (transformed
-/// like `set`). The transform is folded into the head. `compare_probes`
-/// also fits the probe that is not written; `baselines` also fits k-means
-/// on the transformed tokens.
-pub fn train(set: FeatureSet, probe_views: Option<FeatureSet>, options: &FitOptions, concepts: usize, compare_probes: bool, baselines: bool) -> Result<Trained> {
-    let (set, transform) = transform_input(set, options)?;
-    let probe_views = probe_views.map(|mut views| {
-        if let Some((t, _)) = &transform {
-            t.apply(&mut views);
-        }
-        views
-    });
+/// label-free; `views` are the extra views that only some stages see, as
+/// `options.views_for` says (the whitening, or the probe). The transform is
+/// folded into the head. `compare_probes` also fits the probe that is not
+/// written; `baselines` also fits k-means on the transformed tokens.
+pub fn train(set: FeatureSet, views: Option<FeatureSet>, options: &FitOptions, concepts: usize, compare_probes: bool, baselines: bool) -> Result<Trained> {
+    let TransformedInput { set, probe_views, transform } = transform_input(set, views, options)?;
     let transformed_baseline = match (&transform, baselines) {
         (Some((t, _)), true) => Some((t.as_head(), kmeans_probe(&set, concepts, options.stages.head.seed)?)),
         _ => None,
@@ -304,4 +359,61 @@ pub fn train(set: FeatureSet, probe_views: Option<FeatureSet>, options: &FitOpti
         t.fold_into_head(&mut result.head);
     }
     Ok(Trained { result, transform, transformed_baseline })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::HeadKind;
+    use crate::train::cause::probe::ProbeKind;
+    use crate::train::features::blob_set;
+
+    fn options(views_for: ViewsFor, whiten: usize) -> FitOptions {
+        let stages = CauseOptions {
+            clusterbook: Default::default(),
+            clusterbook_file: None,
+            head: Default::default(),
+            head_from: None,
+            arch: HeadKind::Mlp,
+            probe: ProbeKind::Kmeans,
+            probe_modularity: Default::default(),
+            center: false,
+        };
+        FitOptions { stages, five_crop: true, augment: 0, views_for, whiten, center_input: false, clusterbook_only: false, self_train: None, validation: None }
+    }
+
+    /// The views shape the whitening only under `ViewsFor::Whitening`, and
+    /// reach the probe (transformed like the images) only under `Probe`.
+    #[test]
+    fn the_input_transform_routes_the_views_as_views_for_says() {
+        let (images, views) = (blob_set(3, 6, 1), blob_set(2, 6, 2));
+        let mut together = blob_set(3, 6, 1);
+        together.append(blob_set(2, 6, 2));
+        let (on_images, _) = InputTransform::fit(&images, 3).unwrap();
+        let (on_both, _) = InputTransform::fit(&together, 3).unwrap();
+        assert_ne!(on_images.mean, on_both.mean, "the views must move the statistics for this test to mean anything");
+
+        let TransformedInput { set, probe_views: rest, transform } = transform_input(blob_set(3, 6, 1), Some(blob_set(2, 6, 2)), &options(ViewsFor::Whitening, 3)).unwrap();
+        let (transform, _) = transform.unwrap();
+        assert_eq!((set.len(), rest.is_none()), (3, true), "the views are dropped after the whitening");
+        assert_eq!((&transform.mean, &transform.projection), (&on_both.mean, &on_both.projection));
+        let mut expected = blob_set(3, 6, 1);
+        on_both.apply(&mut expected);
+        assert_eq!(set.grids, expected.grids);
+
+        let TransformedInput { set, probe_views: rest, transform } = transform_input(images, Some(views), &options(ViewsFor::Probe, 3)).unwrap();
+        let (transform, _) = transform.unwrap();
+        assert_eq!((&transform.mean, &transform.projection), (&on_images.mean, &on_images.projection));
+        let (mut expected_views, rest) = (blob_set(2, 6, 2), rest.expect("the probe's views come back"));
+        on_images.apply(&mut expected_views);
+        assert_eq!((set.len(), &rest.grids), (3, &expected_views.grids));
+    }
+
+    #[test]
+    fn views_for_whitening_without_a_transform_is_an_error() {
+        let err = options(ViewsFor::Whitening, 0).check_views_for().unwrap_err().to_string();
+        assert!(err.contains("--views-for whitening needs an input transform"), "{err}");
+        assert!(options(ViewsFor::Whitening, 64).check_views_for().is_ok());
+        assert!(options(ViewsFor::Probe, 0).check_views_for().is_ok());
+    }
 }

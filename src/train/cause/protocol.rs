@@ -129,6 +129,9 @@ pub fn run_protocol(
     mut report: impl FnMut(&FoldResult),
 ) -> Result<Vec<FoldResult>> {
     let Plan { methods, seeds, hold_out, refines, self_train, eval_input, flip, other_scales } = plan;
+    if methods.contains(&Method::Cause) {
+        options.check_views_for()?;
+    }
     let images: Vec<PathBuf> = pairs.iter().map(|(i, _)| i.clone()).collect();
     let full = extraction.features(&images, View::Full, "features")?;
     let measuring = Extraction { input: eval_input.clone().unwrap_or_else(|| extraction.input.clone()), ..extraction.clone() };
@@ -161,25 +164,21 @@ pub fn run_protocol(
     for (drive, test) in by_drive.iter().filter(|(d, _)| hold_out.is_empty() || hold_out.contains(d)) {
         let train_indices: Vec<usize> = (0..full.len()).filter(|i| !test.contains(i)).collect();
         let train_set = subset(&full, &train_indices);
-        // What the stages fit on: the training images and their extra views
-        // (self-training and the class-means reference use the images only);
-        // with `ViewsFor::Probe` the views go to the probe alone.
+        // The training images' extra views, and the images with them; the
+        // whitening and the probes fit on the views when `views_for` says so
+        // (self-training and the class-means reference use the images only).
         let mut views = FeatureSet::default();
         for view in &extra {
             views.append(subset(view, &train_indices));
         }
-        let mut fit_set = copy(&train_set);
-        let probe_views = match options.views_for {
-            ViewsFor::All => {
-                fit_set.append(views);
-                None
-            }
-            ViewsFor::Probe => {
-                fit_set.append(copy(&views));
-                (!views.is_empty()).then_some(views)
-            }
-        };
-        let stage_set = if options.views_for == ViewsFor::Probe { &train_set } else { &fit_set };
+        let mut with_views = copy(&train_set);
+        if options.views_for == ViewsFor::All {
+            with_views.append(std::mem::take(&mut views));
+        } else {
+            with_views.append(copy(&views));
+        }
+        let whitening_set = if options.views_for.whitening() { &with_views } else { &train_set };
+        let probe_set = if options.views_for.probe() { &with_views } else { &train_set };
         // Only the held-out images are measured: their features at the
         // measuring size (and mirrored) are computed here, once per fold.
         let test_set = subset(&full, test);
@@ -220,10 +219,10 @@ pub fn run_protocol(
             for &seed in seeds {
                 let started = Instant::now();
                 let (head, probe): (Option<Head>, Array2<f32>) = match method {
-                    Method::Kmeans => (None, kmeans_probe_of(options.stages.probe, &fit_set, classes, seed)?),
+                    Method::Kmeans => (None, kmeans_probe_of(options.stages.probe, probe_set, classes, seed)?),
                     Method::KmeansWhitened => {
-                        let (transform, _) = InputTransform::fit(stage_set, options.whiten)?;
-                        let mut whitened = copy(&fit_set);
+                        let (transform, _) = InputTransform::fit(whitening_set, options.whiten)?;
+                        let mut whitened = copy(probe_set);
                         transform.apply(&mut whitened);
                         (Some(transform.as_head()), kmeans_probe_of(options.stages.probe, &whitened, classes, seed)?)
                     }
@@ -235,7 +234,13 @@ pub fn run_protocol(
                     }
                     Method::Cause => {
                         let seeded = FitOptions { stages: options.stages.with_seed(seed), ..options.clone() };
-                        let trained = train(copy(stage_set), probe_views.as_ref().map(copy), &seeded, classes, false, false)?;
+                        // Views every stage sees go in with the images; the others
+                        // apart, for `train` to route.
+                        let trained = if options.views_for == ViewsFor::All {
+                            train(copy(&with_views), None, &seeded, classes, false, false)?
+                        } else {
+                            train(copy(&train_set), (!views.is_empty()).then(|| copy(&views)), &seeded, classes, false, false)?
+                        };
                         let probe = trained.result.probe(seeded.stages.probe).expect("the chosen probe is fitted").clone();
                         (Some(trained.result.head), probe)
                     }
