@@ -168,6 +168,11 @@ impl FeatureSet {
         self.skipped += other.skipped;
     }
 
+    /// Splits off the grids from index `at` on (undoes an [`append`](Self::append)).
+    pub fn split_off(&mut self, at: usize) -> FeatureSet {
+        FeatureSet { grids: self.grids.split_off(at), paths: self.paths.split_off(at), skipped: 0 }
+    }
+
     /// Number of grids (images, or image views).
     pub fn len(&self) -> usize {
         self.grids.len()

@@ -310,8 +310,7 @@ fn transform_input(mut set: FeatureSet, views: Option<FeatureSet>, options: &Fit
             let images = set.len();
             set.append(views);
             let (transform, report) = InputTransform::fit(&set, options.whiten)?;
-            set.grids.truncate(images);
-            set.paths.truncate(images);
+            drop(set.split_off(images));
             (transform, report, None)
         }
         views => {
