@@ -105,15 +105,15 @@ mod trained {
         assert!(labels.pixels().all(|p| p.0[0] < 3));
     }
 
-    /// Fits the sample images twice with `settings`, the second time with
-    /// `extra` flags too: the temporary directory and the two models.
-    fn fit_twice(settings: &[&str], extra: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    /// Fits the sample images twice, with the `first` flags and with the
+    /// `second`: the temporary directory and the two models.
+    fn fit_twice(first_flags: &[&str], second_flags: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let images = common::sample_images();
         let (first, second) = (dir.path().join("first"), dir.path().join("second"));
-        let output = fit(&images, &first, settings);
+        let output = fit(&images, &first, first_flags);
         assert!(output.status.success(), "{}", stderr(&output));
-        let output = fit(&images, &second, &[settings, extra].concat());
+        let output = fit(&images, &second, second_flags);
         assert!(output.status.success(), "{}", stderr(&output));
         (dir, first, second)
     }
@@ -126,7 +126,9 @@ mod trained {
         if common::backbone().is_none() {
             return;
         }
-        let (_dir, plain, probe_views) = fit_twice(&["--head", "mlp", "--seed", "2", "--no-self-train"], &["--five-crop", "--views-for", "probe"]);
+        let plain = ["--head", "mlp", "--seed", "2", "--no-five-crop"];
+        // The later of --no-five-crop and --five-crop wins.
+        let (_dir, plain, probe_views) = fit_twice(&plain, &[&plain[..], &["--five-crop", "--views-for", "probe"]].concat());
         for file in ["input_projection.npy", "clusterbook.npy", "head/f1_weight.npy", "head/f2a_weight.npy"] {
             assert_eq!(std::fs::read(plain.join(file)).unwrap(), std::fs::read(probe_views.join(file)).unwrap(), "{file}");
         }
@@ -136,22 +138,24 @@ mod trained {
         assert_eq!(report["training_grids"], 6 * report["images"].as_u64().unwrap(), "{report}");
     }
 
-    /// `--views-for whitening`: the five crops shape the input whitening
-    /// exactly as when every stage sees them, and nothing else; without a
-    /// whitening to fit it is a clear error.
+    /// By default (`--views-for whitening` with the five crops) the crops
+    /// shape the input whitening exactly as when every stage sees them, and
+    /// nothing else; without a whitening to fit it is a clear error.
     #[test]
     fn views_for_whitening_fits_the_whitening_on_the_views() {
         if common::backbone().is_none() {
             return;
         }
-        let settings = ["--head", "mlp", "--seed", "2", "--no-self-train", "--five-crop"];
-        let (dir, all, whitening) = fit_twice(&settings, &["--views-for", "whitening"]);
+        let settings = ["--head", "mlp", "--seed", "2"];
+        let (dir, all, whitening) = fit_twice(&[&settings[..], &["--five-crop", "--views-for", "all"]].concat(), &settings);
         for file in ["input_mean.npy", "input_projection.npy"] {
             assert_eq!(std::fs::read(all.join(file)).unwrap(), std::fs::read(whitening.join(file)).unwrap(), "{file}");
         }
         assert_ne!(std::fs::read(all.join("clusterbook.npy")).unwrap(), std::fs::read(whitening.join("clusterbook.npy")).unwrap());
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(whitening.join("training.json")).unwrap()).unwrap();
-        assert_eq!(report["views_for"], "whitening");
+        assert_eq!((&report["views_for"], &report["five_crop"], &report["self_training"]), (&"whitening".into(), &true.into(), &serde_json::Value::Null), "{report}");
+        let manifest = std::fs::read_to_string(whitening.join("model.toml")).unwrap();
+        assert!(manifest.contains("with five crops per image for the whitening only"), "{manifest}");
 
         let output = fit(&common::sample_images(), &dir.path().join("none"), &[&settings[..], &["--views-for", "whitening", "--whiten", "0"]].concat());
         assert!(!output.status.success());
@@ -187,7 +191,7 @@ mod trained {
         let json = dir.path().join("folds.jsonl");
         let mut args = vec![
             "protocol", "--images", images.to_str().unwrap(), "--labels", labels.to_str().unwrap(), "--classes", "11", "--ignore", "11",
-            "--seeds", "0,1", "--methods", "kmeans,kmeans-whitened,cause", "--head", "tr", "--no-self-train", "--json", json.to_str().unwrap(),
+            "--seeds", "0,1", "--methods", "kmeans,kmeans-whitened,cause", "--head", "tr", "--json", json.to_str().unwrap(),
         ];
         args.extend_from_slice(TINY);
         let output = causeseg(&args);
@@ -207,13 +211,13 @@ mod trained {
             assert!(table.contains(needle), "{needle} missing from:\n{table}");
         }
 
-        // One fold only, with and without self-training (the default).
+        // One fold only, with and without self-training (--self-train).
         let base = ["protocol", "--images", images.to_str().unwrap(), "--labels", labels.to_str().unwrap(), "--classes", "11", "--ignore", "11", "--size", "224x168", "--methods", "kmeans", "--seeds", "0"];
         // Measured at another size than trained, with flip and multi-scale
         // averaging, trained with a random view of every image too.
         let json = dir.path().join("one-fold.jsonl");
         let extra = [
-            "--hold-out", "0006R0", "--refine", "none", "--self-train-epochs", "2", "--flip", "--eval-size", "252x182", "--eval-scales", "224x168",
+            "--hold-out", "0006R0", "--refine", "none", "--self-train", "--self-train-epochs", "2", "--flip", "--eval-size", "252x182", "--eval-scales", "224x168",
             "--augment", "1", "--json", json.to_str().unwrap(),
         ];
         let output = causeseg(&[&base[..], &extra].concat());
@@ -342,7 +346,7 @@ mod trained {
         }
         assert!(!dir.path().join("labels").exists());
         let model = dir.path().join("model");
-        let output = fit(&images, &model, &["--head", "mlp", "--self-train-epochs", "3"]);
+        let output = fit(&images, &model, &["--head", "mlp", "--self-train", "--self-train-epochs", "3"]);
         assert!(output.status.success(), "{}", stderr(&output));
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(model.join("training.json")).unwrap()).unwrap();
         let covered = report["self_training"]["covered"].as_f64().unwrap();
@@ -353,11 +357,11 @@ mod trained {
         assert!(manifest.contains("self-trained on mask proposals"), "{manifest}");
         assert!(causeseg::model::Model::load(&model).is_ok());
 
-        // Self-training is the default; --no-self-train skips the stage.
-        // With --augment 1 the stages see every image twice: as it is and
+        // Without --self-train there is no such stage. With --augment 1
+        // --views-for all the stages see every image twice: as it is and
         // as one random view.
         let plain = dir.path().join("plain");
-        let output = fit(&images, &plain, &["--head", "mlp", "--no-self-train", "--augment", "1"]);
+        let output = fit(&images, &plain, &["--head", "mlp", "--no-five-crop", "--augment", "1", "--views-for", "all"]);
         assert!(output.status.success(), "{}", stderr(&output));
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(plain.join("training.json")).unwrap()).unwrap();
         assert!(report["self_training"].is_null(), "{report}");
@@ -366,9 +370,16 @@ mod trained {
         assert_eq!(report["training_grids"].as_u64(), Some(2 * samples), "{report}");
         let manifest = std::fs::read_to_string(plain.join("model.toml")).unwrap();
         assert!(manifest.contains("with 1 random view per image"), "{manifest}");
+
+        // Self-training settings without the stage are refused.
+        let output = fit(&images, &dir.path().join("refused"), &["--self-train-epochs", "3"]);
+        common::assert_clean_error(&output, "the following required arguments were not provided");
+        assert!(stderr(&output).contains("\n  --self-train\n"), "{}", stderr(&output));
+        assert!(!dir.path().join("refused").exists());
     }
 
-    /// CAUSE-TR on whitened tokens with five-crop training, on the sample
+    /// CAUSE-TR on whitened tokens with the five crops for the whitening
+    /// (the default), on the sample
     /// images (of several different sizes): the model directory, the
     /// runtime's fused graph, and `models export`.
     #[test]
@@ -379,7 +390,7 @@ mod trained {
         let dir = tempfile::tempdir().unwrap();
         let images = common::sample_images();
         let model = dir.path().join("tr");
-        let output = fit(&images, &model, &["--head", "tr", "--whiten", "8", "--five-crop", "--seed", "1", "--self-train-head", "1e-3"]);
+        let output = fit(&images, &model, &["--head", "tr", "--whiten", "8", "--seed", "1", "--self-train", "--self-train-head", "1e-3"]);
         assert!(output.status.success(), "{}", stderr(&output));
         // The self-trained projection's ReLU branch is widened to 128 units.
         let f2a: ndarray::Array2<f32> = ndarray_npy::read_npy(model.join("head/mlp/f2a_weight.npy")).unwrap();
@@ -388,7 +399,7 @@ mod trained {
             assert!(model.join(file).is_file(), "{file} missing");
         }
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(model.join("training.json")).unwrap()).unwrap();
-        assert_eq!(report["five_crop"], true);
+        assert_eq!((&report["five_crop"], &report["views_for"]), (&true.into(), &"whitening".into()), "{report}");
         assert_eq!(report["self_training_options"]["head_lr"], 1e-3, "{report}");
         let samples = std::fs::read_dir(&images).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "jpg")).count();
         assert_eq!(report["images"], samples);

@@ -56,6 +56,17 @@ impl FitOptions {
         self.stages.head_from.is_none() && (self.center_input || self.whiten > 0)
     }
 
+    /// Sets `views_for` and `five_crop` from the user's choices, `None`
+    /// meaning "not given": by default the five crops shape the input
+    /// whitening, as for the default model, when there is a transform to
+    /// fit; without one there are no default crops, and given crops train
+    /// every stage.
+    pub fn choose_views(&mut self, views_for: Option<ViewsFor>, five_crop: Option<bool>) {
+        let default = views_for.is_none() && self.fits_transform();
+        self.views_for = views_for.unwrap_or(if self.fits_transform() { ViewsFor::Whitening } else { ViewsFor::All });
+        self.five_crop = five_crop.unwrap_or(default);
+    }
+
     /// An error when the extra views would reach no stage: `--views-for
     /// whitening` without an input transform to fit.
     pub fn check_views_for(&self) -> Result<()> {
@@ -71,6 +82,23 @@ impl FitOptions {
     pub fn extra_views(&self) -> Vec<View> {
         let crops = if self.five_crop { &View::FULL_AND_FIVE_CROPS[1..] } else { &[][..] };
         crops.iter().copied().chain((0..self.augment).map(View::Augmented)).collect()
+    }
+}
+
+/// " with five crops and 2 random views per image for the whitening only"
+/// (empty without extra views), for the model's description.
+fn views_description(options: &FitOptions) -> String {
+    let n = options.augment;
+    let views: Vec<String> = options
+        .five_crop
+        .then(|| "five crops".to_string())
+        .into_iter()
+        .chain((n > 0).then(|| format!("{n} random view{}", if n == 1 { "" } else { "s" })))
+        .collect();
+    match (views.is_empty(), options.views_for) {
+        (true, _) => String::new(),
+        (false, ViewsFor::All) => format!(" with {} per image", views.join(" and ")),
+        (false, only) => format!(" with {} per image for the {} only", views.join(" and "), format!("{only:?}").to_lowercase()),
     }
 }
 
@@ -219,15 +247,7 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
             Some(_) => " on centred tokens".to_string(),
             None => String::new(),
         },
-        match (options.five_crop, options.augment) {
-            (false, 0) => String::new(),
-            (true, 0) => " with five-crop training".to_string(),
-            (five_crop, n) => format!(
-                " with {}{n} random view{} per image",
-                if five_crop { "five-crop training and " } else { "" },
-                if n == 1 { "" } else { "s" }
-            ),
-        },
+        views_description(options),
         result.clusterbook.nrows(),
         result.clusterbook.ncols(),
         dim,
@@ -414,5 +434,28 @@ mod tests {
         assert!(err.contains("--views-for whitening needs an input transform"), "{err}");
         assert!(options(ViewsFor::Whitening, 64).check_views_for().is_ok());
         assert!(options(ViewsFor::Probe, 0).check_views_for().is_ok());
+    }
+
+    /// Nothing given: the crops shape the whitening when one is fitted, and
+    /// there are no crops without one; given choices are kept as they are.
+    #[test]
+    fn the_default_views_are_the_crops_for_the_whitening() {
+        let chosen = |whiten, head_from: Option<&str>, views_for, five_crop| {
+            let mut o = options(ViewsFor::All, whiten);
+            o.five_crop = false;
+            o.stages.head_from = head_from.map(Into::into);
+            o.choose_views(views_for, five_crop);
+            (o.views_for, o.five_crop, views_description(&o))
+        };
+        assert_eq!(chosen(64, None, None, None), (ViewsFor::Whitening, true, " with five crops per image for the whitening only".into()));
+        assert_eq!(chosen(0, None, None, None), (ViewsFor::All, false, String::new()));
+        assert_eq!(chosen(64, Some("m"), None, None), (ViewsFor::All, false, String::new()));
+        assert_eq!(chosen(64, None, None, Some(false)), (ViewsFor::Whitening, false, String::new()));
+        assert_eq!(chosen(0, None, None, Some(true)), (ViewsFor::All, true, " with five crops per image".into()));
+        assert_eq!(chosen(64, None, Some(ViewsFor::Probe), None), (ViewsFor::Probe, false, String::new()));
+        assert_eq!(chosen(64, None, Some(ViewsFor::All), Some(true)), (ViewsFor::All, true, " with five crops per image".into()));
+        let mut o = options(ViewsFor::Probe, 64);
+        o.augment = 2;
+        assert_eq!(views_description(&o), " with five crops and 2 random views per image for the probe only");
     }
 }
