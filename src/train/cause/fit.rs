@@ -62,9 +62,9 @@ impl FitOptions {
     /// fit; without one there are no default crops, and given crops train
     /// every stage.
     pub fn choose_views(&mut self, views_for: Option<ViewsFor>, five_crop: Option<bool>) {
-        let default = views_for.is_none() && self.fits_transform();
-        self.views_for = views_for.unwrap_or(if self.fits_transform() { ViewsFor::Whitening } else { ViewsFor::All });
-        self.five_crop = five_crop.unwrap_or(default);
+        let fits_transform = self.fits_transform();
+        self.five_crop = five_crop.unwrap_or(views_for.is_none() && fits_transform);
+        self.views_for = views_for.unwrap_or(if fits_transform { ViewsFor::Whitening } else { ViewsFor::All });
     }
 
     /// An error when the extra views would reach no stage: `--views-for
@@ -98,7 +98,7 @@ fn views_description(options: &FitOptions) -> String {
     match (views.is_empty(), options.views_for) {
         (true, _) => String::new(),
         (false, ViewsFor::All) => format!(" with {} per image", views.join(" and ")),
-        (false, only) => format!(" with {} per image for the {} only", views.join(" and "), format!("{only:?}").to_lowercase()),
+        (false, only) => format!(" with {} per image for the {} only", views.join(" and "), only.name()),
     }
 }
 
@@ -121,6 +121,15 @@ pub enum ViewsFor {
 }
 
 impl ViewsFor {
+    /// The name `--views-for` and `training.json` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            ViewsFor::All => "all",
+            ViewsFor::Probe => "probe",
+            ViewsFor::Whitening => "whitening",
+        }
+    }
+
     /// Whether the input whitening is fitted on the extra views too.
     pub fn whitening(self) -> bool {
         matches!(self, ViewsFor::All | ViewsFor::Whitening)
@@ -177,7 +186,7 @@ pub fn fit(extraction: &Extraction, job: &FitJob, options: &FitOptions) -> Resul
     let (rows, cols, dim) = set.geometry()?;
     let held = match held_views.len() {
         0 => String::new(),
-        n => format!(" (and {n} views for the {} only)", format!("{:?}", options.views_for).to_lowercase()),
+        n => format!(" (and {n} views for the {} only)", options.views_for.name()),
     };
     log::info!("{images_used} images ({} skipped), {} grids of {rows}x{cols} patches of {dim} features{held}", set.skipped, set.len());
     let baseline = options.validation.as_ref().is_some_and(|v| v.baseline);
