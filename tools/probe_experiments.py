@@ -268,6 +268,17 @@ def wkm_crops(tr,te,seed,whiten_crops=True,kmeans_crops=True,n=150000):
     Z=unit((sub(pool,seed,n)-mu)@P); C=skmeans(Z,11,seed)
     return evaluate(unit((F[te]-mu)@P)@C.T,L[te])
 
+# ---- imgcenter: subtract alpha x each image's (or crop's) mean token before the whitening, to take out a drive's light and colour cast ----
+def imgcenter(tr,te,seed,alpha=1.0,whiten_crops=True,n=150000):
+    G=F-alpha*F.mean((1,2),keepdims=True)
+    X=G[tr].reshape(-1,384)
+    if whiten_crops:
+        Cr=crop_features()[tr]; Cr=(Cr-alpha*Cr.mean((2,3),keepdims=True)).reshape(-1,384)
+        mu,P=whiten_fit(np.concatenate([X,Cr]),64)
+    else: mu,P=whiten_fit(X,64)
+    Z=unit((sub(X,seed,n)-mu)@P); C=skmeans(Z,11,seed)
+    return evaluate(unit((G[te]-mu)@P)@C.T,L[te])
+
 if __name__=="__main__":
     import sys
     for expr in sys.argv[1:]: eval(expr)
