@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use causeseg::calibrate::{integer, qdq, ActivationScale, CalibrationTable, Method, Settings};
+use causeseg::calibrate::{integer, qdq, smooth, ActivationScale, CalibrationTable, Method, Settings};
 use causeseg::onnx::builder::{int, ints, Builder};
 use causeseg::onnx::{float_value_info, pb, Dim};
 use common::{assert_clean_error, causeseg};
@@ -70,8 +70,9 @@ fn table(scales: &[(&str, f32)], exclude: Vec<String>) -> CalibrationTable {
     CalibrationTable {
         format_version: causeseg::calibrate::table::TABLE_VERSION,
         float_graph_sha256: "test".into(),
-        settings: Settings { method: Method::MinMax, percentile: 99.99, exclude, images: 1 },
+        settings: Settings { method: Method::MinMax, percentile: 99.99, exclude, images: 1, smooth: None },
         activations: scales.iter().map(|(n, amax)| (n.to_string(), ActivationScale::from_amax(*amax))).collect(),
+        smoothing: BTreeMap::new(),
     }
 }
 
@@ -282,6 +283,22 @@ fn the_default_model_qdq_graph_follows_the_rules() {
     // and each block's MLP rescale + GELU with the quantization of its output.
     let (_, gelus) = causeseg::onnx::gelu::fuse_gelu_quantize(&integer);
     assert_eq!(gelus, 12);
+
+    // Smoothed (SmoothQuant): both LayerNorms and the GELU of each block.
+    let sites = smooth::sites(float.graph.as_ref().unwrap(), &plan);
+    assert_eq!(sites.len(), 36, "{:?}", sites.iter().map(|s| &s.tensor).collect::<Vec<_>>());
+    let smoothing: BTreeMap<String, Vec<f32>> = sites.iter().map(|s| (s.tensor.clone(), vec![1.5; s.channels])).collect();
+    let smoothed_plan = qdq::plan(smooth::apply(&float, &smoothing).graph.as_ref().unwrap(), &[]);
+    assert_eq!(smoothed_plan.nodes.len(), plan.nodes.len(), "smoothing quantizes the same products");
+    let scales = smoothed_plan.activation_tensors().into_iter().map(|t| (t, ActivationScale::from_amax(4.0))).collect();
+    let smoothed_table = CalibrationTable { activations: scales, smoothing, ..table.clone() };
+    let smoothed = qdq::quantize(&float, &smoothed_table).unwrap();
+    assert_eq!(check_qdq_rules(&smoothed), weights);
+    let (integer, products) = integer::integer_form(&smoothed);
+    assert_eq!(products, weights - 1);
+    // The LayerNorms still fuse with their quantization; a GELU followed by
+    // its smoothing Mul runs as separate ops in tract's integer form.
+    assert_eq!(causeseg::onnx::layer_norm::fuse_quantize(&integer).1, 24);
 }
 
 fn write_garbage_images(dir: &Path, names: &[&str]) {
@@ -314,6 +331,17 @@ fn no_images_is_one_error_and_nothing_is_written() {
     std::fs::create_dir_all(&images).unwrap();
     let output = causeseg(&calibrate_args(&default_model(), images.to_str().unwrap(), out.to_str().unwrap()));
     assert_clean_error(&output, "no JPEG or PNG images to calibrate on");
+    assert_nothing_written(&out);
+}
+
+#[test]
+fn a_smoothing_strength_outside_0_1_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("int8");
+    let (images, model) = (common::sample_images(), default_model());
+    let mut args = calibrate_args(&model, images.to_str().unwrap(), out.to_str().unwrap());
+    args.extend(["--smooth", "1.5"]);
+    assert_clean_error(&causeseg(&args), "--smooth must be in [0, 1] (0: off), got 1.5");
     assert_nothing_written(&out);
 }
 
@@ -373,6 +401,9 @@ fn an_int8_model_directory_end_to_end() {
     assert!(manifest.contains("precision = \"int8\""), "{manifest}");
     let table: CalibrationTable = serde_json::from_str(&std::fs::read_to_string(out.join("calibration.json")).unwrap()).unwrap();
     assert_eq!(table.settings.images, 1, "the broken image is skipped");
+    assert_eq!(table.settings.smooth, Some(0.5), "SmoothQuant is on by default");
+    assert_eq!(table.smoothing.len(), 36, "the two LayerNorms and the GELU of each of the 12 blocks are smoothed");
+    assert!(!out.join("calibration.cache").exists(), "no implicit-quantization cache for a smoothed table");
     assert!(!std::fs::read_dir(&out).unwrap().any(|e| e.unwrap().path().extension().is_some_and(|x| x == "onnx")), "no weights in the model directory");
 
     let onnx = dir.path().join("int8.onnx");
@@ -406,6 +437,18 @@ fn an_int8_model_directory_end_to_end() {
     let report: serde_json::Value = serde_json::from_slice(&bench.stdout).expect("one JSON object");
     let compared: Vec<&str> = report["engines"].as_array().unwrap().iter().map(|e| e["model"].as_str().unwrap()).collect();
     assert_eq!(compared, ["camvid-cause float", "camvid-cause int8"]);
+
+    // Without SmoothQuant: no factors, and TensorRT's legacy cache beside the table.
+    let plain = dir.path().join("int8-plain");
+    let model = default_model();
+    let mut args = calibrate_args(&model, images.to_str().unwrap(), plain.to_str().unwrap());
+    args.extend(["--smooth", "0"]);
+    let output = causeseg(&args);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let table: CalibrationTable = serde_json::from_str(&std::fs::read_to_string(plain.join("calibration.json")).unwrap()).unwrap();
+    assert!(table.smoothing.is_empty() && table.settings.smooth.is_none());
+    let cache = std::fs::read_to_string(plain.join("calibration.cache")).unwrap();
+    assert!(cache.starts_with("TRT-8601-EntropyCalibration2\n") && cache.lines().count() == table.activations.len() + 1, "{cache}");
 
     // Another model's concepts: the table no longer matches.
     let centroids = out.join("centroids.npy");

@@ -38,10 +38,16 @@ pub struct CalibrateArgs {
     /// Percentile of |x| for `--method percentile`.
     #[arg(long, default_value_t = 99.99)]
     percentile: f64,
-    /// Nodes to leave in float: node or output names, `PREFIX*` for all
-    /// starting with PREFIX (the report lists the node names).
+    /// Nodes to leave in float: node or output names, `*` matching any
+    /// run of characters (e.g. `'*/mlp/fc2/MatMul'`; the report lists the
+    /// node names).
     #[arg(long, num_args = 1..)]
     exclude: Vec<String>,
+    /// SmoothQuant's migration strength α (0 < α ≤ 1) for the LayerNorms
+    /// that feed quantized products: their channels' ranges move into the
+    /// weights (the float graph computes the same values); 0 turns it off.
+    #[arg(long, default_value_t = 0.5)]
+    smooth: f32,
     /// Calibration images to use (the first N that decode, in name order).
     #[arg(long, default_value_t = 64)]
     calibration_images: usize,
@@ -62,6 +68,7 @@ pub struct CalibrateArgs {
 pub fn run(args: CalibrateArgs, cache: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(args.percentile > 0.0 && args.percentile <= 100.0, "--percentile must be in (0, 100], got {}", args.percentile);
     anyhow::ensure!(args.calibration_images >= 1, "--calibration-images must be at least 1");
+    anyhow::ensure!((0.0..=1.0).contains(&args.smooth), "--smooth must be in [0, 1] (0: off), got {}", args.smooth);
     for &engine in &args.engine {
         crate::engine::check_built(engine)?;
     }
@@ -75,7 +82,7 @@ pub fn run(args: CalibrateArgs, cache: &Path) -> anyhow::Result<()> {
     let writer = ModelWriter::create(&args.out).with_context(|| format!("cannot write the int8 model to {}", args.out.display()))?;
     let files = image_files(&args.images)?;
     let backbone_path = backbone::resolve(&float.manifest.backbone, cache)?;
-    let settings = Settings { method: args.method, percentile: args.percentile, exclude: args.exclude.clone(), images: args.calibration_images };
+    let settings = Settings { method: args.method, percentile: args.percentile, exclude: args.exclude.clone(), images: args.calibration_images, smooth: (args.smooth > 0.0).then_some(args.smooth) };
     let calibration = calibrate(&float, &backbone_path, &args.images, &files, &settings)?;
     let int8 = int8_model(&float, calibration.table.clone());
     let graph = fused::fused_graph(&int8, &backbone_path, cache)?;
@@ -101,7 +108,12 @@ pub fn run(args: CalibrateArgs, cache: &Path) -> anyhow::Result<()> {
 
     copy_model_files(&float.dir, Path::new(""), &writer)?;
     writer.text(TABLE_FILE, &calibration.table.to_json())?;
-    writer.text(TENSORRT_CACHE_FILE, &calibration.table.tensorrt_cache())?;
+    if calibration.table.smoothing.is_empty() {
+        writer.text(TENSORRT_CACHE_FILE, &calibration.table.tensorrt_cache())?;
+    } else {
+        // Implicit quantization reads the unsmoothed float graph, which these scales do not fit.
+        log::info!("no {TENSORRT_CACHE_FILE} (TensorRT's implicit-quantization cache): its scales would not fit the float graph after SmoothQuant; calibrate with --smooth 0 for one");
+    }
     writer.text(&format!("{REPORT}.md"), &report.to_markdown())?;
     writer.text(&format!("{REPORT}.json"), &serde_json::to_string_pretty(&report)?)?;
     if let Some(chart) = report.chart() {

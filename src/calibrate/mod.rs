@@ -1,6 +1,8 @@
 //! INT8 calibration (`causeseg calibrate`, `causeseg-calibrate`): run a
 //! model's float fused graph in tract over calibration images, preprocessed
-//! exactly as at run time, record the inputs of every MatMul/Gemm/Conv
+//! exactly as at run time, even out the channels of the LayerNorm and GELU
+//! outputs that feed quantized products ([`smooth`], SmoothQuant), record
+//! the inputs of every MatMul/Gemm/Conv
 //! ([`stats`]), choose one scale per activation tensor ([`table`]), and
 //! build the QDQ graph from the float graph and that table ([`qdq`]), and
 //! from that the integer form tract runs ([`integer`]). An int8 model
@@ -14,9 +16,11 @@ pub mod integer;
 pub mod probe;
 pub mod qdq;
 pub mod report;
+pub mod smooth;
 pub mod stats;
 pub mod table;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -93,7 +97,7 @@ pub struct Calibration {
     pub files_read: usize,
     /// Images that failed to decode and were skipped.
     pub skipped_images: usize,
-    /// Wall time of the statistics pass, seconds.
+    /// Wall time of the statistics passes (smoothing ranges, then scales), seconds.
     pub seconds: f64,
 }
 
@@ -164,13 +168,20 @@ pub fn calibrate(model: &Model, backbone: &Path, dir: &Path, files: &[PathBuf], 
     if plan.nodes.is_empty() {
         return Err(QdqError::NothingToQuantize(format!("{} MatMul/Gemm/Conv nodes, all skipped or excluded", plan.skipped.len())).into());
     }
+    let input = &model.manifest.input;
+    let mut preprocessor = preprocessor(model);
+    let start = Instant::now();
+    let smoothing = match settings.smooth {
+        Some(alpha) => smoothing_factors(&float, &plan, alpha, model, dir, files, settings.images)?,
+        None => BTreeMap::new(),
+    };
+    let smoothed = smooth::apply(&float, &smoothing);
+    // Smoothing a GELU output gives its readers a new input tensor.
+    let plan = qdq::plan(smoothed.graph.as_ref().expect("fused graphs have a graph"), &settings.exclude);
     let tensors = plan.activation_tensors();
     log::info!("calibrating {} inputs of {} nodes ({} left float)", tensors.len(), plan.nodes.len(), plan.skipped.len());
-    let input = &model.manifest.input;
-    let mut probe = probe::Probe::load(&float, &tensors, input.width, input.height)?;
-    let mut preprocessor = preprocessor(model);
+    let mut probe = probe::Probe::load(&smoothed, &tensors, input.width, input.height)?;
     let mut stats = vec![TensorStats::default(); tensors.len()];
-    let start = Instant::now();
     let (files_read, used, skipped_images) = for_each_image(dir, files, settings.images, "calibrate", |path, image| {
         let (tensor, _) = preprocessor.run(image, &path.display().to_string())?;
         let outputs = probe.run(tensor)?;
@@ -188,8 +199,46 @@ pub fn calibrate(model: &Model, backbone: &Path, dir: &Path, files: &[PathBuf], 
         float_graph_sha256: fused::source_hash(model)?,
         settings: Settings { images: used, ..settings.clone() },
         activations,
+        smoothing,
     };
     Ok(Calibration { table, plan, stats: tensors.into_iter().zip(stats).collect(), files_read, skipped_images, seconds })
+}
+
+/// SmoothQuant's factors ([`smooth`]) for the smoothable LayerNorm and GELU outputs
+/// of `float` under `plan`, from their per-channel ranges over the same
+/// calibration images (a first pass; the scales are then measured on the
+/// smoothed graph).
+fn smoothing_factors(
+    float: &crate::onnx::pb::ModelProto,
+    plan: &Plan,
+    alpha: f32,
+    model: &Model,
+    dir: &Path,
+    files: &[PathBuf],
+    images: usize,
+) -> Result<BTreeMap<String, Vec<f32>>, CalibrationError> {
+    let sites = smooth::sites(float.graph.as_ref().expect("fused graphs have a graph"), plan);
+    if sites.is_empty() {
+        log::warn!("--smooth: no LayerNorm or GELU feeds a quantized product; nothing smoothed");
+        return Ok(BTreeMap::new());
+    }
+    log::info!("smoothing {} LayerNorm and GELU outputs (α = {alpha})", sites.len());
+    let names: Vec<String> = sites.iter().map(|s| s.tensor.clone()).collect();
+    let input = &model.manifest.input;
+    let mut probe = probe::Probe::load(float, &names, input.width, input.height)?;
+    let mut preprocessor = preprocessor(model);
+    let mut amax: Vec<Vec<f32>> = sites.iter().map(|s| vec![0f32; s.channels]).collect();
+    for_each_image(dir, files, images, "smoothing ranges", |path, image| {
+        let (tensor, _) = preprocessor.run(image, &path.display().to_string())?;
+        let outputs = probe.run(tensor)?;
+        amax.par_iter_mut().zip(outputs.par_iter()).for_each(|(amax, values)| {
+            for row in values.chunks(amax.len()) {
+                amax.iter_mut().zip(row).for_each(|(m, v)| *m = m.max(v.abs()));
+            }
+        });
+        Ok(())
+    })?;
+    Ok(sites.iter().zip(&amax).map(|(site, amax)| (site.tensor.clone(), smooth::factors(amax, &site.weight_amax, alpha))).collect())
 }
 
 /// `float` as an int8 model with `table` (in memory: its directory is still

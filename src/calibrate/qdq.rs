@@ -66,12 +66,26 @@ impl Plan {
     }
 }
 
-/// True when `name` matches an `--exclude` pattern (exact, or `prefix*`).
+/// True when `name` matches an `--exclude` pattern (`*` matches any run of
+/// characters, everything else itself).
 pub fn excluded(name: &str, patterns: &[String]) -> bool {
-    patterns.iter().any(|p| match p.strip_suffix('*') {
-        Some(prefix) => name.starts_with(prefix),
-        None => name == p,
-    })
+    patterns.iter().any(|p| wildcard_match(p, name))
+}
+
+/// Whether `text` matches `pattern`, whose `*` match any run of characters.
+fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else { return false };
+    let mut parts: Vec<&str> = parts.collect();
+    let Some(last) = parts.pop() else { return rest.is_empty() };
+    for part in parts {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 /// The MatMul/Gemm/Conv nodes of `graph` to quantize; nodes whose name or
@@ -136,13 +150,15 @@ pub enum QdqError {
     Opset(i64),
 }
 
-/// `model` with Q/DQ on the inputs of every planned node whose activations
-/// `table` has scales for.
+/// `model`, smoothed by `table`'s SmoothQuant factors, with Q/DQ on the
+/// inputs of every planned node whose activations `table` has scales for.
 pub fn quantize(model: &pb::ModelProto, table: &CalibrationTable) -> Result<pb::ModelProto, QdqError> {
     let opset = model.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map_or(1, |o| o.version);
     if opset < MIN_OPSET {
         return Err(QdqError::Opset(opset));
     }
+    let smoothed = super::smooth::apply(model, &table.smoothing);
+    let model = &smoothed;
     let graph = model.graph.as_ref().expect("read_model checks the graph");
     let plan = plan(graph, &table.settings.exclude);
     let nodes: Vec<&QuantNode> = plan
@@ -229,7 +245,8 @@ fn quantize_weight(tensor: &pb::TensorProto, axis: Option<usize>) -> (Vec<i8>, V
     (q, scales, tensor.dims.clone())
 }
 
-fn float_tensor(name: &str, dims: &[i64], values: &[f32]) -> pb::TensorProto {
+/// A float32 initializer of shape `dims`.
+pub(super) fn float_tensor(name: &str, dims: &[i64], values: &[f32]) -> pb::TensorProto {
     pb::TensorProto {
         name: name.into(),
         dims: dims.to_vec(),
@@ -269,6 +286,15 @@ mod tests {
         let patterns = vec!["a/b".to_string(), "head_*".to_string()];
         assert!(excluded("a/b", &patterns) && excluded("head_q", &patterns) && excluded("head_", &patterns));
         assert!(!excluded("a/bc", &patterns) && !excluded("x_head_q", &patterns));
+        let fc2 = vec!["*/mlp/fc2/MatMul".to_string()];
+        assert!(excluded("/backbone/encoder/layer.3/mlp/fc2/MatMul", &fc2));
+        assert!(!excluded("/backbone/encoder/layer.3/mlp/fc1/MatMul", &fc2) && !excluded("/x/mlp/fc2/MatMul_1", &fc2));
+        let inner = vec!["/b/*/a*/M".to_string()];
+        assert!(excluded("/b/layer.0/attn/M", &inner) && excluded("/b//a/M", &inner));
+        assert!(!excluded("/b/layer.0/attn/M/x", &inner) && !excluded("/b/layer.0/xx/M", &inner));
+        // The last literal part must not overlap the one before it.
+        assert!(!excluded("ab", &["ab*b".to_string()]) && excluded("abb", &["ab*b".to_string()]));
+        assert!(excluded("anything", &["*".to_string()]));
     }
 
     #[test]

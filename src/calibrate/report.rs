@@ -95,6 +95,8 @@ pub struct Report {
     pub accuracy: Vec<Accuracy>,
     /// Per-layer error on held-out images, in graph order.
     pub layers: Vec<LayerError>,
+    /// Tensors smoothed by SmoothQuant (LayerNorm and GELU outputs).
+    pub smoothed_tensors: Vec<String>,
 }
 
 impl Report {
@@ -133,6 +135,7 @@ impl Report {
             tensors,
             accuracy: vec![],
             layers: vec![],
+            smoothed_tensors: calibration.table.smoothing.keys().cloned().collect(),
         }
     }
 
@@ -151,6 +154,9 @@ impl Report {
             self.quantized_nodes,
             self.float_nodes.len()
         );
+        if let Some(alpha) = s.smooth {
+            md += &format!("- SmoothQuant, α = {alpha}: {} LayerNorm and GELU outputs smoothed\n", self.smoothed_tensors.len());
+        }
         if !s.exclude.is_empty() {
             md += &format!("- excluded: {}\n", s.exclude.join(", "));
         }

@@ -28,6 +28,10 @@ pub struct Settings {
     pub exclude: Vec<String>,
     /// Calibration images actually used.
     pub images: usize,
+    /// SmoothQuant's migration strength α on the LayerNorms that feed
+    /// quantized products (`super::smooth`); None: not smoothed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smooth: Option<f32>,
 }
 
 /// One activation tensor's range: int8 value `q` stands for `q * scale`.
@@ -57,8 +61,13 @@ pub struct CalibrationTable {
     pub float_graph_sha256: String,
     /// How the table was made.
     pub settings: Settings,
-    /// Scale per activation tensor name of the float fused graph.
+    /// Scale per activation tensor name of the float fused graph (of the
+    /// smoothed graph, for the smoothed tensors).
     pub activations: BTreeMap<String, ActivationScale>,
+    /// SmoothQuant's per-channel factors by LayerNorm output name: the
+    /// channels are divided by them, the readers' weight rows multiplied.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub smoothing: BTreeMap<String, Vec<f32>>,
 }
 
 impl CalibrationTable {
@@ -119,8 +128,9 @@ mod tests {
         CalibrationTable {
             format_version: TABLE_VERSION,
             float_graph_sha256: "ab".repeat(32),
-            settings: Settings { method: Method::Percentile, percentile: 99.99, exclude: vec!["head*".into()], images: 3 },
+            settings: Settings { method: Method::Percentile, percentile: 99.99, exclude: vec!["head*".into()], images: 3, smooth: Some(0.5) },
             activations: [("x".to_string(), ActivationScale::from_amax(2.54))].into_iter().collect(),
+            smoothing: [("ln".to_string(), vec![0.5, 2.0])].into_iter().collect(),
         }
     }
 

@@ -146,6 +146,12 @@ fn foldable(graph: &pb::GraphProto) -> (HashMap<String, LayerNorm>, FoldedProduc
     (folds, products)
 }
 
+/// Whether `node` is the final `Add` of a decomposed LayerNorm over the
+/// last axis (see [`layer_norm`]'s pattern).
+pub fn is_layer_norm(index: &GraphIndex, node: &pb::NodeProto) -> bool {
+    layer_norm(index, node).is_some()
+}
+
 /// `node` (an `Add`) as the end of a decomposed LayerNorm over the last
 /// axis: `Add(Mul(Div(Sub(x, m), Sqrt(Add(ReduceMean(Pow(Sub(x, m), 2)), ε))), γ), β)`
 /// with `m = ReduceMean(x)`; `γ`, `β` constant vectors, in either operand
