@@ -296,9 +296,11 @@ fn the_default_model_qdq_graph_follows_the_rules() {
     assert_eq!(check_qdq_rules(&smoothed), weights);
     let (integer, products) = integer::integer_form(&smoothed);
     assert_eq!(products, weights - 1);
-    // The LayerNorms still fuse with their quantization; a GELU followed by
-    // its smoothing Mul runs as separate ops in tract's integer form.
-    assert_eq!(causeseg::onnx::layer_norm::fuse_quantize(&integer).1, 24);
+    // The LayerNorms still fuse with their quantization, and each GELU
+    // with its smoothing Mul and quantization.
+    let (integer, fused) = causeseg::onnx::layer_norm::fuse_quantize(&integer);
+    assert_eq!(fused, 24);
+    assert_eq!(causeseg::onnx::gelu::fuse_gelu_quantize(&integer).1, 12);
 }
 
 fn write_garbage_images(dir: &Path, names: &[&str]) {

@@ -11,9 +11,10 @@ use std::collections::HashMap;
 use super::builder::replace_nodes;
 use super::{pb, GraphIndex};
 
-/// Op type (domain `builder::CAUSESEG_DOMAIN`) of `int8(GELU(int32 · scale + bias))`:
+/// Op type (domain `builder::CAUSESEG_DOMAIN`) of `int8(GELU(int32 · scale + bias) · m)`:
 /// inputs the int32 product, `scale` (one per output channel, or one),
-/// `bias` (one per output channel) and the output's `y_scale`; zero point 0.
+/// `bias` (one per output channel), the output's `y_scale` and, optionally,
+/// `m` (one per channel: SmoothQuant's `1 / s`, `calibrate::smooth`); zero point 0.
 pub const DEQUANTIZE_GELU_QUANTIZE: &str = "DequantizeGeluQuantizeLinear";
 
 /// One match: the int32 product, the rescale and the bias, by the
@@ -23,12 +24,15 @@ struct Match {
     scale: Vec<f32>,
     bias: Vec<f32>,
     y_scale: String,
+    /// SmoothQuant's per-channel multiplier between the GELU and the quantization.
+    multiplier: Option<Vec<f32>>,
 }
 
 /// `model` (an int8 integer form) with every `QuantizeLinear(GELU(Add(b,
-/// Mul(Cast(MatMulInteger), s))))` whose intermediate values nothing else
-/// reads replaced by one [`DEQUANTIZE_GELU_QUANTIZE`] node; and how many
-/// were. GELU as the backbone's export writes it: `x · (Erf(x / √2) + 1) ·
+/// Mul(Cast(MatMulInteger), s))))`, or `QuantizeLinear(Mul(GELU(…), m))`
+/// with a constant `m` per channel (a smoothed GELU), whose intermediate
+/// values nothing else reads replaced by one [`DEQUANTIZE_GELU_QUANTIZE`]
+/// node; and how many were. GELU as the backbone's export writes it: `x · (Erf(x / √2) + 1) ·
 /// 0.5`.
 pub fn fuse_gelu_quantize(model: &pb::ModelProto) -> (pb::ModelProto, usize) {
     let graph = model.graph.as_ref().expect("read_model checks the graph");
@@ -40,24 +44,35 @@ pub fn fuse_gelu_quantize(model: &pb::ModelProto) -> (pb::ModelProto, usize) {
     let fused = replace_nodes(model, &matches, |b, out, m| {
         let scale = b.initializer(&format!("{out}/dequantize_scale"), ndarray::ArrayD::from_shape_vec(vec![m.scale.len()], m.scale.clone()).expect("1-D").view());
         let bias = b.initializer(&format!("{out}/bias"), ndarray::ArrayD::from_shape_vec(vec![m.bias.len()], m.bias.clone()).expect("1-D").view());
-        b.causeseg_node(DEQUANTIZE_GELU_QUANTIZE, out, &[&m.product, &scale, &bias, &m.y_scale], vec![]);
+        let mut inputs = vec![m.product.clone(), scale, bias, m.y_scale.clone()];
+        if let Some(multiplier) = &m.multiplier {
+            inputs.push(b.initializer(&format!("{out}/multiplier"), ndarray::ArrayD::from_shape_vec(vec![multiplier.len()], multiplier.clone()).expect("1-D").view()));
+        }
+        b.causeseg_node(DEQUANTIZE_GELU_QUANTIZE, out, &inputs.iter().map(String::as_str).collect::<Vec<_>>(), vec![]);
     });
     (fused, matches.len())
 }
 
 /// `q` as the end of the pattern, every value inside read only inside it.
 fn matched(index: &GraphIndex, graph: &pb::GraphProto, q: &pb::NodeProto) -> Option<Match> {
-    let (gelu, y_scale) = index.int8_quantize(q)?;
+    let (quantized, y_scale) = index.int8_quantize(q)?;
+    // A smoothed GELU: Mul(GELU, m) with m constant (GELU's own last node
+    // is a Mul by 0.5, whose input is no GELU output).
+    let smoothed = index.producer(quantized, "Mul").and_then(|mul| index.with_constant(mul, "Mul")).filter(|(gelu, _)| exact_gelu_input(index, graph, gelu).is_some());
+    let (gelu, multiplier) = match smoothed {
+        Some((gelu, m)) if index.read_only_inside(graph, gelu, 1) && index.read_only_inside(graph, quantized, 1) => (gelu, Some(m)),
+        _ => (quantized, None),
+    };
     let biased = index.producer(exact_gelu_input(index, graph, gelu)?, "Add")?;
     let (rescaled, bias) = index.with_constant(biased, "Add")?;
     let (cast, scale) = index.with_constant(index.producer(rescaled, "Mul")?, "Mul")?;
     let cast_node = index.producer(cast, "Cast")?;
     let product_int32 = index.producer(&cast_node.input[0], "MatMulInteger")?;
-    let per_channel = scale.len() == 1 || scale.len() == bias.len();
+    let per_channel = (scale.len() == 1 || scale.len() == bias.len()) && multiplier.as_ref().is_none_or(|m| m.len() == bias.len());
     let inside = [(cast, 1), (rescaled, 1), (&biased.output[0], 2), (gelu, 1), (&product_int32.output[0], 1)]
         .iter()
         .all(|&(tensor, readers)| index.read_only_inside(graph, tensor, readers));
-    (per_channel && inside).then(|| Match { product: product_int32.output[0].clone(), scale, bias, y_scale: y_scale.to_string() })
+    (per_channel && inside).then(|| Match { product: product_int32.output[0].clone(), scale, bias, y_scale: y_scale.to_string(), multiplier })
 }
 
 /// The input `x` of `gelu` when it is the end of GELU as the backbone's

@@ -24,8 +24,9 @@ use super::quantize::quantize_into;
 /// `beta` (constants `[D]`) and `y_scale` (a constant scalar), attribute
 /// `epsilon`; output `int8(round((LayerNorm(x)·γ + β) / y_scale))`,
 /// saturated, zero point 0. [`DEQUANTIZE_GELU_QUANTIZE`]: inputs an int32
-/// product, `scale` and `bias` (constants, one per channel) and `y_scale`;
-/// output `int8(round(GELU(x·scale + bias) / y_scale))`.
+/// product, `scale` and `bias` (constants, one per channel), `y_scale` and
+/// optionally `m` (a constant per channel, SmoothQuant's `1 / s`); output
+/// `int8(round(GELU(x·scale + bias)·m / y_scale))`.
 pub fn register(onnx: &mut Onnx) {
     onnx.op_register.insert(LAYER_NORM_QUANTIZE, parse_layer_norm);
     onnx.op_register.insert(DEQUANTIZE_GELU_QUANTIZE, parse_gelu);
@@ -63,7 +64,8 @@ impl Expansion for Int8RowNode {
     }
 
     fn rules<'r, 'p: 'r, 's: 'r>(&'s self, s: &mut Solver<'r>, inputs: &'p [TensorProxy], outputs: &'p [TensorProxy]) -> InferenceResult {
-        check_input_arity(inputs, 4)?;
+        let smoothed_gelu = matches!(self.kind, RowKind::Gelu) && inputs.len() == 5;
+        check_input_arity(inputs, if smoothed_gelu { 5 } else { 4 })?;
         check_output_arity(outputs, 1)?;
         s.equals(&outputs[0].datum_type, DatumType::I8)?;
         s.equals(&inputs[0].shape, &outputs[0].shape)?;
@@ -79,7 +81,8 @@ impl Expansion for Int8RowNode {
             RowKind::Gelu => {
                 // One scale per channel, also when the weight had one.
                 let scale = if a.len() == 1 { tensor1(&vec![a.cast_to_scalar::<f32>()?; b.len()]).into_arc_tensor() } else { a };
-                model.wire_node(prefix, DequantizeGeluQuantizeI8 { scale, bias: b, inverse_scale }, &inputs[..1])
+                let multiplier = if inputs.len() == 5 { constant(4)? } else { tensor1(&vec![1f32; b.len()]).into_arc_tensor() };
+                model.wire_node(prefix, DequantizeGeluQuantizeI8 { scale, bias: b, multiplier, inverse_scale }, &inputs[..1])
             }
         }
     }
@@ -175,13 +178,15 @@ impl TypedOp for LayerNormQuantizeI8 {
 }
 
 
-/// `GELU(x·scale + bias)` of an int32 product (scale and bias per output
-/// channel), quantized to int8 by `inverse_scale` (zero point 0); GELU with
-/// tract's own erf kernel, as tract's GeluExact computes it.
+/// `GELU(x·scale + bias)·multiplier` of an int32 product (scale, bias and
+/// multiplier per output channel), quantized to int8 by `inverse_scale`
+/// (zero point 0); GELU with tract's own erf kernel, as tract's GeluExact
+/// computes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DequantizeGeluQuantizeI8 {
     scale: Arc<Tensor>,
     bias: Arc<Tensor>,
+    multiplier: Arc<Tensor>,
     inverse_scale: f32,
 }
 
@@ -199,8 +204,8 @@ impl EvalOp for DequantizeGeluQuantizeI8 {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = args_1!(inputs);
-        let (scale_view, bias_view) = (self.scale.try_as_plain_ram()?, self.bias.try_as_plain_ram()?);
-        let (scale, bias) = (scale_view.as_slice::<f32>()?, bias_view.as_slice::<f32>()?);
+        let (scale_view, bias_view, multiplier_view) = (self.scale.try_as_plain_ram()?, self.bias.try_as_plain_ram()?, self.multiplier.try_as_plain_ram()?);
+        let (scale, bias, multiplier) = (scale_view.as_slice::<f32>()?, bias_view.as_slice::<f32>()?, multiplier_view.as_slice::<f32>()?);
         let erf = Func::Erf.ew_f32()?;
         let inverse_sqrt_2 = std::f32::consts::FRAC_1_SQRT_2;
         let output = int8_rows::<i32>(&input, bias.len(), |x, out, scratch| {
@@ -210,8 +215,8 @@ impl EvalOp for DequantizeGeluQuantizeI8 {
                 *e = *v * inverse_sqrt_2;
             }
             erf.run(erfs).expect("tract's erf kernel runs on any f32 slice");
-            for (v, e) in values.iter_mut().zip(erfs.iter()) {
-                *v = (*v * 0.5) * (e + 1.0);
+            for ((v, e), m) in values.iter_mut().zip(erfs.iter()).zip(multiplier) {
+                *v = (*v * 0.5) * (e + 1.0) * m;
             }
             quantize_into(self.inverse_scale, 0, values, out);
         })?;
@@ -264,7 +269,7 @@ mod tests {
     /// `x` (int8 `[1, 4, 3]`) → MatMulInteger with an int8 `[3, 5]` weight →
     /// Cast, rescale per channel, bias → GELU as the export writes it →
     /// QuantizeLinear (scale 0.008, int8 zero point 0) as the output `q`.
-    fn quantized_gelu() -> pb::ModelProto {
+    fn quantized_gelu(multiplier: Option<ndarray::Array1<f32>>) -> pb::ModelProto {
         let mut g = pb::GraphProto::default();
         let mut b = Builder { graph: &mut g };
         let int8 = |name: &str, dims: Vec<i64>, values: Vec<i8>| pb::TensorProto { name: name.into(), dims, data_type: pb::tensor_proto::DataType::Int8 as i32, raw_data: values.into_iter().map(|v| v as u8).collect(), ..Default::default() };
@@ -283,7 +288,14 @@ mod tests {
         b.node_named("Add", "erf_plus_one", &["erf", &one], vec![]);
         b.node_named("Mul", "gelu_twice", &["v", "erf_plus_one"], vec![]);
         b.node_named("Mul", "gelu", &["gelu_twice", &half], vec![]);
-        b.node_named("QuantizeLinear", "q", &["gelu", &y_scale, "zero"], vec![]);
+        let quantized = match multiplier {
+            Some(m) => {
+                let m = b.initializer("multiplier", m.into_dyn().view());
+                b.node_named("Mul", "gelu_smoothed", &["gelu", &m], vec![])
+            }
+            None => "gelu".to_string(),
+        };
+        b.node_named("QuantizeLinear", "q", &[&quantized, &y_scale, "zero"], vec![]);
         let info = |name: &str, dims: &[i64], elem: pb::tensor_proto::DataType| {
             let mut info = crate::onnx::float_value_info(name, &dims.iter().map(|&d| crate::onnx::Dim::Value(d)).collect::<Vec<_>>());
             if let Some(pb::type_proto::Value::TensorType(t)) = info.r#type.as_mut().and_then(|t| t.value.as_mut()) {
@@ -301,15 +313,18 @@ mod tests {
 
     #[test]
     fn fused_gelu_quantizes_like_the_separate_ops() {
-        let model = quantized_gelu();
-        let (fused, count) = crate::onnx::gelu::fuse_gelu_quantize(&model);
-        assert_eq!(count, 1);
-        let ops: Vec<&str> = fused.graph.as_ref().unwrap().node.iter().map(|n| n.op_type.as_str()).collect();
-        assert_eq!(ops, ["MatMulInteger", DEQUANTIZE_GELU_QUANTIZE]);
-        let x = ndarray::Array3::from_shape_fn((1, 4, 3), |(_, t, c)| ((t as i32 * 37 + c as i32 * 53) % 255 - 127) as i8);
-        let (expected, got) = (run(&model, x.clone().into_dyn()), run(&fused, x.into_dyn()));
-        assert_eq!(expected, got);
-        assert!(got.contains(&127) && got.iter().any(|&v| v < 0), "saturation and GELU's negative dip in {got:?}");
+        // Plain, and smoothed (a Mul by SmoothQuant's 1 / s between the GELU and its quantization).
+        for multiplier in [None, Some(ndarray::array![0.5f32, 2.0, 1.0, 0.25, 4.0])] {
+            let model = quantized_gelu(multiplier.clone());
+            let (fused, count) = crate::onnx::gelu::fuse_gelu_quantize(&model);
+            assert_eq!(count, 1, "{multiplier:?}");
+            let ops: Vec<&str> = fused.graph.as_ref().unwrap().node.iter().map(|n| n.op_type.as_str()).collect();
+            assert_eq!(ops, ["MatMulInteger", DEQUANTIZE_GELU_QUANTIZE]);
+            let x = ndarray::Array3::from_shape_fn((1, 4, 3), |(_, t, c)| ((t as i32 * 37 + c as i32 * 53) % 255 - 127) as i8);
+            let (expected, got) = (run(&model, x.clone().into_dyn()), run(&fused, x.into_dyn()));
+            assert_eq!(expected, got, "{multiplier:?}");
+            assert!(got.contains(&127) && got.iter().any(|&v| v < 0), "saturation and GELU's negative dip in {got:?}");
+        }
     }
 
     #[test]
