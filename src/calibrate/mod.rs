@@ -168,11 +168,10 @@ pub fn calibrate(model: &Model, backbone: &Path, dir: &Path, files: &[PathBuf], 
     if plan.nodes.is_empty() {
         return Err(QdqError::NothingToQuantize(format!("{} MatMul/Gemm/Conv nodes, all skipped or excluded", plan.skipped.len())).into());
     }
-    let input = &model.manifest.input;
-    let mut preprocessor = preprocessor(model);
+    let images = Images { model, dir, files, limit: settings.images };
     let start = Instant::now();
     let smoothing = match settings.smooth {
-        Some(alpha) => smoothing_factors(&float, &plan, alpha, model, dir, files, settings.images)?,
+        Some(alpha) => smoothing_factors(&float, &plan, alpha, &images)?,
         None => BTreeMap::new(),
     };
     let smoothed = smooth::apply(&float, &smoothing);
@@ -180,13 +179,9 @@ pub fn calibrate(model: &Model, backbone: &Path, dir: &Path, files: &[PathBuf], 
     let plan = qdq::plan(smoothed.graph.as_ref().expect("fused graphs have a graph"), &settings.exclude);
     let tensors = plan.activation_tensors();
     log::info!("calibrating {} inputs of {} nodes ({} left float)", tensors.len(), plan.nodes.len(), plan.skipped.len());
-    let mut probe = probe::Probe::load(&smoothed, &tensors, input.width, input.height)?;
     let mut stats = vec![TensorStats::default(); tensors.len()];
-    let (files_read, used, skipped_images) = for_each_image(dir, files, settings.images, "calibrate", |path, image| {
-        let (tensor, _) = preprocessor.run(image, &path.display().to_string())?;
-        let outputs = probe.run(tensor)?;
+    let (files_read, used, skipped_images) = images.probe(&smoothed, &tensors, "calibrate", |outputs| {
         stats.par_iter_mut().zip(outputs.par_iter()).for_each(|(s, values)| s.add(values));
-        Ok(())
     })?;
     let seconds = start.elapsed().as_secs_f64();
     let activations = tensors
@@ -204,19 +199,42 @@ pub fn calibrate(model: &Model, backbone: &Path, dir: &Path, files: &[PathBuf], 
     Ok(Calibration { table, plan, stats: tensors.into_iter().zip(stats).collect(), files_read, skipped_images, seconds })
 }
 
-/// SmoothQuant's factors ([`smooth`]) for the smoothable LayerNorm and GELU outputs
-/// of `float` under `plan`, from their per-channel ranges over the same
+/// The calibration images of one run: the first `limit` decodable `files`
+/// of `dir`, preprocessed as `model` runs.
+struct Images<'a> {
+    model: &'a Model,
+    dir: &'a Path,
+    files: &'a [PathBuf],
+    limit: usize,
+}
+
+impl Images<'_> {
+    /// Runs `graph` in tract over the images with `tensors` as its outputs
+    /// and calls `f` with them per image, with a progress bar named `what`;
+    /// returns [`for_each_image`]'s counts.
+    fn probe(
+        &self,
+        graph: &crate::onnx::pb::ModelProto,
+        tensors: &[String],
+        what: &str,
+        mut f: impl FnMut(Vec<Vec<f32>>),
+    ) -> Result<(usize, usize, usize), CalibrationError> {
+        let input = &self.model.manifest.input;
+        let mut probe = probe::Probe::load(graph, tensors, input.width, input.height)?;
+        let mut preprocessor = preprocessor(self.model);
+        for_each_image(self.dir, self.files, self.limit, what, |path, image| {
+            let (tensor, _) = preprocessor.run(image, &path.display().to_string())?;
+            f(probe.run(tensor)?);
+            Ok(())
+        })
+    }
+}
+
+/// SmoothQuant's factors ([`smooth`]) for the smoothable LayerNorm and GELU
+/// outputs of `float` under `plan`, from their per-channel ranges over the
 /// calibration images (a first pass; the scales are then measured on the
 /// smoothed graph).
-fn smoothing_factors(
-    float: &crate::onnx::pb::ModelProto,
-    plan: &Plan,
-    alpha: f32,
-    model: &Model,
-    dir: &Path,
-    files: &[PathBuf],
-    images: usize,
-) -> Result<BTreeMap<String, Vec<f32>>, CalibrationError> {
+fn smoothing_factors(float: &crate::onnx::pb::ModelProto, plan: &Plan, alpha: f32, images: &Images) -> Result<BTreeMap<String, Vec<f32>>, CalibrationError> {
     let sites = smooth::sites(float.graph.as_ref().expect("fused graphs have a graph"), plan);
     if sites.is_empty() {
         log::warn!("--smooth: no LayerNorm or GELU feeds a quantized product; nothing smoothed");
@@ -224,19 +242,13 @@ fn smoothing_factors(
     }
     log::info!("smoothing {} LayerNorm and GELU outputs (α = {alpha})", sites.len());
     let names: Vec<String> = sites.iter().map(|s| s.tensor.clone()).collect();
-    let input = &model.manifest.input;
-    let mut probe = probe::Probe::load(float, &names, input.width, input.height)?;
-    let mut preprocessor = preprocessor(model);
     let mut amax: Vec<Vec<f32>> = sites.iter().map(|s| vec![0f32; s.channels]).collect();
-    for_each_image(dir, files, images, "smoothing ranges", |path, image| {
-        let (tensor, _) = preprocessor.run(image, &path.display().to_string())?;
-        let outputs = probe.run(tensor)?;
+    images.probe(float, &names, "smoothing ranges", |outputs| {
         amax.par_iter_mut().zip(outputs.par_iter()).for_each(|(amax, values)| {
             for row in values.chunks(amax.len()) {
                 amax.iter_mut().zip(row).for_each(|(m, v)| *m = m.max(v.abs()));
             }
         });
-        Ok(())
     })?;
     Ok(sites.iter().zip(&amax).map(|(site, amax)| (site.tensor.clone(), smooth::factors(amax, &site.weight_amax, alpha))).collect())
 }
