@@ -11,7 +11,9 @@ use std::path::Path;
 use causeseg::calibrate::{integer, qdq, smooth, ActivationScale, CalibrationTable, Method, Settings};
 use causeseg::onnx::builder::{int, ints, Builder};
 use causeseg::onnx::{float_value_info, pb, Dim};
-use common::{assert_clean_error, causeseg};
+use causeseg::engine::tract::INT8_FORM_ENV;
+use causeseg::model::fused::TRACT_FORM_VERSION;
+use common::{assert_clean_error, causeseg, causeseg_with_env};
 use ndarray::{Array, Array2, Array3, ArrayD, Axis};
 use tract_onnx::prelude::*;
 
@@ -432,6 +434,31 @@ fn an_int8_model_directory_end_to_end() {
         assert!(ops.iter().all(|op| !["MatMulInteger", "QuantizeLinear", "DequantizeLinear"].contains(&op.as_str())), "{ops:?}");
         assert!(ops.iter().any(|op| op == causeseg::onnx::linear::LINEAR));
     }
+    // Either form on any CPU when CAUSESEG_TRACT_INT8 asks for it (the
+    // integer form slowly without int8 dot products): the integer products
+    // give the labels of the dequantized weights on nearly every pixel.
+    let out_dir = out.to_str().unwrap();
+    let stem = sample.file_stem().unwrap().to_string_lossy();
+    let form_file = |form: &str| spec.path.with_extension(format!("tract{TRACT_FORM_VERSION}{form}.onnx"));
+    let (integer_file, dequantized_file) = (form_file(""), form_file(".dequantized"));
+    for file in [&integer_file, &dequantized_file] {
+        let _ = std::fs::remove_file(file);
+    }
+    let labels_in = |form: &str| {
+        let out = dir.path().join(form);
+        let seg = causeseg_with_env(&["segment", "--engine", "tract", "--model", out_dir, "--out", out.to_str().unwrap(), sample.to_str().unwrap()], &[(INT8_FORM_ENV, form)]);
+        assert!(seg.status.success(), "{form}: {}", String::from_utf8_lossy(&seg.stderr));
+        image::open(out.join(format!("{stem}_labels.png"))).unwrap().into_luma8()
+    };
+    let (integer, dequantized) = (labels_in("integer"), labels_in("dequantized"));
+    let same = integer.pixels().zip(dequantized.pixels()).filter(|(a, b)| a == b).count() as f64 / integer.len() as f64;
+    assert!(same > 0.9, "integer and dequantized forms agree on {:.1} % of pixels", same * 100.0);
+    let ops_of = |file: &Path| causeseg::onnx::read_model(file).unwrap().graph.unwrap().node.into_iter().map(|n| n.op_type).collect::<Vec<_>>();
+    assert!(ops_of(&integer_file).iter().any(|op| op == "MatMulInteger"), "the integer form built");
+    assert!(!ops_of(&dequantized_file).iter().any(|op| op == "MatMulInteger"), "the dequantized form built");
+    let unknown = causeseg_with_env(&["segment", "--engine", "tract", "--model", out_dir, "--out", labels.to_str().unwrap(), sample.to_str().unwrap()], &[(INT8_FORM_ENV, "fast")]);
+    assert_clean_error(&unknown, "CAUSESEG_TRACT_INT8=fast: expected integer, dequantized or auto");
+
     // bench compares the float model and its int8 calibration side by side.
     let models = format!("{},{}", default_model(), out.display());
     let bench = causeseg(&["bench", "--model", &models, "--engine", "tract", "--frames", "1", "--warmup", "0", "--size", "224x224", "--json"]);

@@ -79,8 +79,8 @@ pub fn engine_spec(model: &Model, backbone: &Path, cache: &Path) -> Result<Engin
 /// LayerNorm, and each MLP's rescale + GELU, and the quantization of its
 /// output as one node (`onnx::layer_norm`, `onnx::gelu`) — or, on a CPU
 /// without int8 dot-product instructions (see
-/// [`tract::has_int8_dot_product`]), as a float graph with its int8
-/// weights dequantized; LayerNorms folded into the products that read them
+/// [`tract::has_int8_dot_product`]; [`tract::INT8_FORM_ENV`] overrides),
+/// as a float graph with its int8 weights dequantized; LayerNorms folded into the products that read them
 /// (`onnx::layer_norm`); each float product with a constant weight, with
 /// its affine epilogue, GELU or residual sum, as one node (`onnx::linear`)
 /// and each attention as one node, its three products as one
@@ -89,12 +89,17 @@ pub fn engine_spec(model: &Model, backbone: &Path, cache: &Path) -> Result<Engin
 /// (`<name>.tract<version>.onnx`, `.tract<version>.dequantized.onnx`) when
 /// built before, else built and stored there.
 pub fn tract_graph(graph: &Path, int8: bool) -> Result<PathBuf, ModelError> {
-    let integer = int8 && tract::has_int8_dot_product();
+    let integer = int8
+        && tract::runs_int8_as_integer().map_err(|value| ModelError::Setting { variable: tract::INT8_FORM_ENV, value, expected: "integer, dequantized or auto" })?;
     let dequantized = if int8 && !integer { ".dequantized" } else { "" };
     let path = graph.with_extension(format!("tract{TRACT_FORM_VERSION}{dequantized}.onnx"));
     static WARNED: std::sync::Once = std::sync::Once::new();
-    if int8 && !integer {
-        WARNED.call_once(|| log::warn!("this CPU has no int8 dot-product instructions (AVX-512 VNNI or AVX-VNNI; ARM dotprod), on which tract's int8 products are slower than its float ones: tract runs this int8 model's weights dequantized, in float"));
+    if int8 && !tract::has_int8_dot_product() {
+        let form = match integer {
+            true => format!("the integer form runs as {} asks, several times slower than float", tract::INT8_FORM_ENV),
+            false => "tract runs this int8 model's weights dequantized, in float".to_string(),
+        };
+        WARNED.call_once(|| log::warn!("this CPU has no int8 dot-product instructions (AVX-512 VNNI or AVX-VNNI; ARM dotprod), on which tract's int8 products are slower than its float ones: {form}"));
     }
     if !path.is_file() {
         let mut form = onnx::read_model(graph)?;

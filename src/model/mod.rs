@@ -68,6 +68,17 @@ pub enum ModelError {
         /// The backbone's patch size.
         patch: u32,
     },
+    /// An environment variable that chooses how a model runs has a value
+    /// causeseg does not know.
+    #[error("{variable}={value}: expected {expected}")]
+    Setting {
+        /// The variable.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+        /// The values it takes.
+        expected: &'static str,
+    },
     /// Building the fused inference graph failed.
     #[error(transparent)]
     Onnx(#[from] crate::onnx::OnnxError),

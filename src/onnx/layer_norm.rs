@@ -147,7 +147,7 @@ fn foldable(graph: &pb::GraphProto) -> (HashMap<String, LayerNorm>, FoldedProduc
 }
 
 /// Whether `node` is the final `Add` of a decomposed LayerNorm over the
-/// last axis (see [`layer_norm`]'s pattern).
+/// last axis (see `layer_norm`'s pattern).
 pub fn is_layer_norm(index: &GraphIndex, node: &pb::NodeProto) -> bool {
     layer_norm(index, node).is_some()
 }

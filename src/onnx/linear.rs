@@ -22,8 +22,8 @@ use super::builder::{replace_nodes, string};
 use super::gelu::exact_gelu_input;
 use super::{float_values, pb, GraphIndex};
 
-/// Op type (domain `builder::CAUSESEG_DOMAIN`) of `y = act((x·W) ⊙ r + c
-/// + s)`: inputs `x [.., M, K]`, `W` (a constant `[K, N]`), `c` (a
+/// Op type (domain `builder::CAUSESEG_DOMAIN`) of
+/// `y = act((x·W) ⊙ r + c + s)`: inputs `x [.., M, K]`, `W` (a constant `[K, N]`), `c` (a
 /// constant `[N]`) and, optionally, `r [.., M, 1]` (one scale per row of
 /// `x`; an empty name when absent) and `s` (the residual, shaped like
 /// `y`); attribute `activation`: `"gelu"` (exact, erf-based), or absent.

@@ -103,7 +103,7 @@ const PROVIDER_LIBRARIES: &[&str] = &[
     "libnvonnxparser.so",
 ];
 
-/// The provider libraries in `dirs`, in [`PROVIDER_LIBRARIES`] order.
+/// The provider libraries in `dirs`, in `PROVIDER_LIBRARIES` order.
 pub fn provider_libraries(dirs: &[PathBuf]) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = dirs
         .iter()

@@ -31,6 +31,25 @@ pub(crate) fn enable_multithreading() {
     });
 }
 
+/// The environment variable that overrides the form tract runs int8 models
+/// in: `integer` (tract's int8 kernels) or `dequantized` (the int8 weights
+/// in float); unset or `auto`: integer where [`has_int8_dot_product`].
+/// `integer` on a CPU without those instructions runs the same integer
+/// products, slowly: for measuring the integer form's accuracy there.
+pub const INT8_FORM_ENV: &str = "CAUSESEG_TRACT_INT8";
+
+/// Whether tract runs int8 models in their integer form ([`INT8_FORM_ENV`],
+/// else [`has_int8_dot_product`]); `Err` holds an unknown value of the
+/// variable.
+pub fn runs_int8_as_integer() -> Result<bool, String> {
+    match std::env::var(INT8_FORM_ENV).as_deref() {
+        Err(_) | Ok("" | "auto") => Ok(has_int8_dot_product()),
+        Ok("integer") => Ok(true),
+        Ok("dequantized") => Ok(false),
+        Ok(other) => Err(other.to_string()),
+    }
+}
+
 /// Whether this CPU has the int8 dot-product instructions tract's int8
 /// matrix products run on (AVX-512 VNNI or AVX-VNNI on x86-64, dotprod on
 /// ARM64). Without them its int8 products are slower than its float ones

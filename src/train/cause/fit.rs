@@ -1,6 +1,6 @@
 //! `fit --method cause` end to end: backbone features of the training
 //! images (and their five crops or random views), the input transform, the stages of
-//! [`run`](super::run::run), an optional measurement on labelled images,
+//! [`super::run::run`], an optional measurement on labelled images,
 //! and the model directory.
 
 use std::path::PathBuf;

@@ -19,7 +19,7 @@
 //! [`run`] runs the stages; [`fit`] is the whole `fit --method cause`
 //! (features, stages, optional measurement, the model directory).
 //! [`evaluate`] measures a trained head + probe on labelled images (labels
-//! are only read there and by the protocol's supervised [`reference`],
+//! are only read there and by the protocol's supervised [`reference`](mod@reference),
 //! never by a training stage).
 
 pub mod adam;
