@@ -4,12 +4,11 @@
 use std::cell::RefCell;
 
 use rayon::prelude::*;
-use tract_linalg::routines::Func;
 use tract_hir::internal::*;
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
 
-use super::{in_tract_pool, product, Matrix};
+use super::{in_tract_pool, product, softmax, Matrix};
 
 /// Parses a [`MULTI_HEAD_ATTENTION`](super::MULTI_HEAD_ATTENTION) node.
 pub(super) fn parse(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
@@ -115,7 +114,6 @@ impl EvalOp for MultiHeadAttentionF32 {
             [q, k, v] => [(*q, 0, tokens), (*k, 0, keys), (*v, 0, keys)],
             _ => bail!("attention takes 1 or 3 inputs, got {}", slices.len()),
         };
-        let (max, exp_sum) = (Func::ReduceMax.reduce_f32()?, Func::Softmax2.map_reduce_f32()?);
         // SAFETY: every block writes its rows of its head's channels.
         let mut output = unsafe { Tensor::uninitialized::<f32>(&[batch, tokens, dim])? };
         let out = SharedOutput(output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?.as_mut_ptr());
@@ -140,10 +138,7 @@ impl EvalOp for MultiHeadAttentionF32 {
                     product(Matrix::rows(&q.0[operand_at(q, first)..], rows, head_dim, width), key_matrix, scores.as_mut_ptr(), keys, false, self.scale, gemm::Parallelism::None);
                 }
                 let mut inverse_sums = [0f32; QUERY_BLOCK];
-                for (row, inverse) in scores.chunks_exact_mut(keys).zip(&mut inverse_sums) {
-                    let row_max = max.run(row)?;
-                    *inverse = 1.0 / exp_sum.run_with_params(row, row_max)?;
-                }
+                softmax::exponentiate_rows(scores, keys, &mut inverse_sums);
                 let destination = unsafe { out.add(out_at(first)) };
                 unsafe {
                     product(Matrix::rows(scores, rows, keys, keys), Matrix::rows(&v.0[operand_at(v, 0)..], keys, head_dim, width), destination, dim, false, 1.0, gemm::Parallelism::None);

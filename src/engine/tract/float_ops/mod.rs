@@ -19,6 +19,7 @@ pub use crate::onnx::linear::LINEAR;
 mod attention;
 mod layer_norm_scale;
 mod linear;
+mod softmax;
 
 /// Teaches `onnx` the three nodes. [`LAYER_NORM_SCALE`]: input `x`,
 /// attribute `epsilon`; output `1 / sqrt(max(0, mean(x²) − mean(x)²) + ε)`
