@@ -95,11 +95,13 @@ pub fn tract_graph(graph: &Path, int8: bool) -> Result<PathBuf, ModelError> {
     let path = graph.with_extension(format!("tract{TRACT_FORM_VERSION}{dequantized}.onnx"));
     static WARNED: std::sync::Once = std::sync::Once::new();
     if int8 && !tract::has_int8_dot_product() {
-        let form = match integer {
-            true => format!("the integer form runs as {} asks, several times slower than float", tract::INT8_FORM_ENV),
-            false => "tract runs this int8 model's weights dequantized, in float".to_string(),
-        };
-        WARNED.call_once(|| log::warn!("this CPU has no int8 dot-product instructions (AVX-512 VNNI or AVX-VNNI; ARM dotprod), on which tract's int8 products are slower than its float ones: {form}"));
+        WARNED.call_once(|| {
+            let form = match integer {
+                true => format!("the integer form runs as {} asks, several times slower than float", tract::INT8_FORM_ENV),
+                false => "tract runs this int8 model's weights dequantized, in float".to_string(),
+            };
+            log::warn!("this CPU has no int8 dot-product instructions (AVX-512 VNNI or AVX-VNNI; ARM dotprod), on which tract's int8 products are slower than its float ones: {form}")
+        });
     }
     if !path.is_file() {
         let mut form = onnx::read_model(graph)?;

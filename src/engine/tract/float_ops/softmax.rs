@@ -50,7 +50,7 @@ fn each_row(scores: &mut [f32], keys: usize, inverse_sums: &mut [f32]) {
 /// their sum.
 #[inline(always)]
 fn exponentiate(row: &mut [f32]) -> f32 {
-    let max = lanes(row, f32::NEG_INFINITY, |m, x| greater(m, *x));
+    let max = row_max(row);
     let mut sums = [0f32; LANES];
     let mut chunks = row.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
@@ -74,19 +74,18 @@ fn exponentiate(row: &mut [f32]) -> f32 {
 /// the loops (two vectors of 8 on AVX2, one of 16 on AVX-512).
 const LANES: usize = 16;
 
-/// `values` folded by `f` from `init` in [`LANES`] interleaved partial
-/// results, then those folded together.
+/// The largest value of `row`, in [`LANES`] interleaved partial maxima.
 #[inline(always)]
-fn lanes(values: &[f32], init: f32, f: impl Fn(f32, &f32) -> f32) -> f32 {
-    let mut partial = [init; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let tail = chunks.remainder().iter().fold(init, &f);
+fn row_max(row: &[f32]) -> f32 {
+    let mut partial = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| greater(m, x));
     for chunk in chunks {
-        for (p, x) in partial.iter_mut().zip(chunk) {
-            *p = f(*p, x);
+        for (p, &x) in partial.iter_mut().zip(chunk) {
+            *p = greater(*p, x);
         }
     }
-    partial.iter().fold(tail, &f)
+    partial.iter().fold(tail, |m, &x| greater(m, x))
 }
 
 /// The larger of `a` and `b` in one instruction (`f32::max` adds NaN
