@@ -3,11 +3,13 @@
 tract's (`causeseg bench --profile`): where each engine spends its time.
 
     causeseg models export --model models/camvid-cause --out /tmp/fused.onnx
-    python3 benches/ort_profile.py /tmp/fused.onnx [--size 448x336] [--runs 5]
+    python3 benches/ort_profile.py /tmp/fused.onnx [--size 448x336] [--runs 5] [--threads 1]
 
 Uses the `onnxruntime` package that tests/run.sh installs into
 target/onnxruntime-1.32.0 (or any `onnxruntime` python3 can import), the CPU
-execution provider with its default threads, 2 warm-up runs, then
+execution provider with its default threads (or --threads; beside
+`taskset -c 0 causeseg bench --profile` for a one-core profile of each),
+2 warm-up runs, then
 `enable_profiling` over --runs runs. Prints the mean run time and, per
 operation type, nodes per run, milliseconds per run and share of the kernel
 time.
@@ -31,11 +33,13 @@ def main():
     parser.add_argument("graph", help="fused ONNX graph (causeseg models export)")
     parser.add_argument("--size", default="448x336", help="input WIDTHxHEIGHT")
     parser.add_argument("--runs", type=int, default=5, help="profiled runs")
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: ONNX Runtime's default)")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
 
     options = ort.SessionOptions()
     options.enable_profiling = True
+    options.intra_op_num_threads = args.threads
     options.profile_file_prefix = os.path.join(os.environ.get("TMPDIR", "/tmp"), "causeseg-ort-profile")
     session = ort.InferenceSession(args.graph, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name

@@ -259,3 +259,47 @@ fn agrees_with_tract(choice: EngineChoice, size: Option<(u32, u32)>) {
     assert!(same as f64 >= 0.999 * total as f64, "{same} of {total}");
     assert!(min_cosine >= 0.9999, "min score cosine {min_cosine}");
 }
+
+/// Both kernels of tract's float products (`CAUSESEG_TRACT_PRODUCTS`):
+/// causeseg's own panels (AVX2 CPUs without AVX-512) and `gemm` give the
+/// same pixel labels on >= 99.9 % of pixels of val images; asking for the
+/// panels where they do not run, or for an unknown kernel, is a clean
+/// error.
+#[test]
+fn both_product_kernels_segment_alike() {
+    use causeseg::engine::tract::float_ops::PRODUCT_KERNEL_ENV;
+    if common::backbone().is_none() {
+        return;
+    }
+    let Some(images) = val_images() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let inputs: Vec<&str> = images.iter().take(2).map(|p| p.to_str().unwrap()).collect();
+    let segment = |kernel: &str| {
+        let out = dir.path().join(kernel);
+        let mut args = vec!["segment", "--engine", "tract", "--out", out.to_str().unwrap()];
+        args.extend(&inputs);
+        (common::causeseg_with_env(&args, &[(PRODUCT_KERNEL_ENV, kernel)]), out)
+    };
+    let labels = |out: &Path| {
+        images.iter().take(2).map(|p| image::open(out.join(format!("{}_labels.png", p.file_stem().unwrap().to_string_lossy()))).unwrap().into_luma8()).collect::<Vec<_>>()
+    };
+    let (gemm, gemm_out) = segment("gemm");
+    assert!(gemm.status.success(), "{}", String::from_utf8_lossy(&gemm.stderr));
+    let (panels, panels_out) = segment("panels");
+    #[cfg(target_arch = "x86_64")]
+    let runs_panels = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && !is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let runs_panels = false;
+    if runs_panels {
+        assert!(panels.status.success(), "{}", String::from_utf8_lossy(&panels.stderr));
+        let (a, b) = (labels(&gemm_out), labels(&panels_out));
+        let same: usize = a.iter().zip(&b).map(|(a, b)| a.pixels().zip(b.pixels()).filter(|(x, y)| x == y).count()).sum();
+        let total: usize = a.iter().map(|l| l.len()).sum();
+        eprintln!("panels vs gemm: {same} of {total} pixel labels agree");
+        assert!(same as f64 >= 0.999 * total as f64, "{same} of {total}");
+    } else {
+        common::assert_clean_error(&panels, "CAUSESEG_TRACT_PRODUCTS=panels: this CPU lacks AVX2 + FMA (or has AVX-512, where gemm runs)");
+    }
+    let (unknown, _) = segment("fast");
+    common::assert_clean_error(&unknown, "CAUSESEG_TRACT_PRODUCTS=fast: expected panels, gemm or auto");
+}

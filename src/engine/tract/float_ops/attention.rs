@@ -8,7 +8,7 @@ use tract_hir::internal::*;
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
 
-use super::{in_tract_pool, product, softmax, Matrix};
+use super::{in_tract_pool, product, softmax, Matrix, SharedOutput};
 
 /// Parses a [`MULTI_HEAD_ATTENTION`](super::MULTI_HEAD_ATTENTION) node.
 pub(super) fn parse(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
@@ -74,23 +74,6 @@ impl Op for MultiHeadAttentionF32 {
 thread_local! {
     /// One block's scores, reused by the thread across blocks and runs.
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The output's address, shared by the blocks that write disjoint parts.
-#[derive(Clone, Copy)]
-struct SharedOutput(*mut f32);
-// SAFETY: every block writes its own rows of its own head's channels.
-unsafe impl Send for SharedOutput {}
-unsafe impl Sync for SharedOutput {}
-
-impl SharedOutput {
-    /// The address `offset` values in.
-    ///
-    /// # Safety
-    /// `offset` must lie inside the output.
-    unsafe fn add(self, offset: usize) -> *mut f32 {
-        self.0.add(offset)
-    }
 }
 
 impl EvalOp for MultiHeadAttentionF32 {

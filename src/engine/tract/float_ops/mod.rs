@@ -1,10 +1,10 @@
-//! causeseg's own float ops for tract, on the `gemm` crate's matrix
-//! products: [`LINEAR`] (a product with a constant weight and its affine
-//! epilogue, `onnx::linear`; `linear`) and [`MULTI_HEAD_ATTENTION`]
-//! (`onnx::attention`; `attention`). On the backbone's shapes `gemm`
-//! runs at about 220 GFLOP/s on a 2-core Zen 4 where tract's own products
-//! run at 80-165 (`causeseg bench --profile`); both ops run inside tract's
-//! thread pool. Beside them [`LAYER_NORM_SCALE`], what is left of a
+//! causeseg's own float ops for tract: [`LINEAR`] (a product with a
+//! constant weight and its affine epilogue, `onnx::linear`; `linear`), on
+//! causeseg's own AVX2 kernel (`panels`) or the `gemm` crate, and
+//! [`MULTI_HEAD_ATTENTION`] (`onnx::attention`; `attention`) on `gemm`.
+//! On the backbone's shapes `gemm` runs at about 220 GFLOP/s on a 2-core
+//! Zen 4 where tract's own products run at 80-165 (`causeseg bench
+//! --profile`); both ops run inside tract's thread pool. Beside them [`LAYER_NORM_SCALE`], what is left of a
 //! LayerNorm folded into its products (`onnx::layer_norm`), in one pass
 //! (`layer_norm_scale`).
 
@@ -15,10 +15,12 @@ use tract_onnx::Onnx;
 pub use crate::onnx::attention::MULTI_HEAD_ATTENTION;
 pub use crate::onnx::layer_norm::LAYER_NORM_SCALE;
 pub use crate::onnx::linear::LINEAR;
+pub use linear::PRODUCT_KERNEL_ENV;
 
 mod attention;
 mod layer_norm_scale;
 mod linear;
+mod panels;
 mod softmax;
 
 /// Teaches `onnx` the three nodes. [`LAYER_NORM_SCALE`]: input `x`,
@@ -61,6 +63,24 @@ impl<'a> Matrix<'a> {
     /// Whether every element lies inside `data`.
     fn fits(&self) -> bool {
         self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// An output's address, shared by the units of parallel work that write
+/// disjoint parts of it.
+#[derive(Clone, Copy)]
+struct SharedOutput(*mut f32);
+// SAFETY: each unit writes its own part (the callers' contract).
+unsafe impl Send for SharedOutput {}
+unsafe impl Sync for SharedOutput {}
+
+impl SharedOutput {
+    /// The address `offset` values in.
+    ///
+    /// # Safety
+    /// `offset` must lie inside the output.
+    unsafe fn add(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
     }
 }
 
