@@ -118,9 +118,10 @@ enum Kernel {
     Gemm(Arc<Tensor>),
 }
 
-/// The environment variable that chooses [`LinearF32`]'s kernel:
-/// `panels` (causeseg's own, AVX2 + FMA), `gemm`, or `auto` (unset: the
-/// panels where [`panels::available`]).
+/// The environment variable that chooses the kernel of the float weight
+/// products ([`LINEAR`] nodes): `panels` (causeseg's own, on AVX2 + FMA
+/// CPUs without AVX-512), `gemm`, or `auto` (unset: the panels where they
+/// run).
 pub const PRODUCT_KERNEL_ENV: &str = "CAUSESEG_TRACT_PRODUCTS";
 
 /// Whether [`PRODUCT_KERNEL_ENV`] asks for the panel kernel.

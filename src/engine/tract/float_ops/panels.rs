@@ -129,7 +129,7 @@ pub(super) fn units(m: usize, n: usize, threads: usize) -> Vec<Unit> {
 pub(super) unsafe fn product_unit(x: &[f32], unit: &Unit, weight: &PackedWeight, epilogue: Epilogue, y: *mut f32) {
     let (k, n) = (weight.k, weight.n);
     let m = unit.rows.end;
-    assert!(x.len() >= m * k && unit.columns.end <= n && unit.columns.start % PANEL == 0, "{unit:?} of [.., {k}] x [{k}, {n}]");
+    assert!(x.len() >= m * k && unit.columns.end <= n && unit.columns.start.is_multiple_of(PANEL), "{unit:?} of [.., {k}] x [{k}, {n}]");
     assert!(epilogue.row_scale.is_none_or(|r| r.len() >= m));
     assert!(epilogue.bias.is_none_or(|c| c.len() == n));
     assert!(epilogue.residual.is_none_or(|s| s.len() >= m * n));
