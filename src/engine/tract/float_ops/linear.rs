@@ -231,15 +231,17 @@ impl LinearF32 {
         let unit = |unit: &panels::Unit| -> TractResult<()> {
             // SAFETY: `y` is [m, n]; each unit writes its own part.
             unsafe { panels::product_unit(x, unit, packed, epilogue, output.add(0)) };
-            if self.gelu {
-                let mut scratch = vec![0f32; unit.columns.len()];
-                for row in unit.rows.clone() {
+            if !self.gelu {
+                return Ok(());
+            }
+            let mut scratch = vec![0f32; unit.columns.len()];
+            wide::vectorised(|| {
+                unit.rows.clone().try_for_each(|row| {
                     // SAFETY: as above, this unit's columns of one row.
                     let values = unsafe { std::slice::from_raw_parts_mut(output.add(row * n + unit.columns.start), unit.columns.len()) };
-                    wide::vectorised(|| gelu(values, &mut scratch, &*erf))?;
-                }
-            }
-            Ok(())
+                    gelu(values, &mut scratch, &*erf)
+                })
+            })
         };
         in_tract_pool(|parallelism| match parallelism {
             gemm::Parallelism::None => panels::units(m, n, 1).iter().try_for_each(unit),

@@ -4,9 +4,9 @@
 //! [`MULTI_HEAD_ATTENTION`] (`onnx::attention`; `attention`) on `gemm`.
 //! On the backbone's shapes `gemm` runs at about 220 GFLOP/s on a 2-core
 //! Zen 4 where tract's own products run at 80-165 (`causeseg bench
-//! --profile`); both ops run inside tract's thread pool. Beside them [`LAYER_NORM_SCALE`], what is left of a
-//! LayerNorm folded into its products (`onnx::layer_norm`), in one pass
-//! (`layer_norm_scale`).
+//! --profile`); both ops run inside tract's thread pool. Beside them
+//! [`LAYER_NORM_SCALE`], what is left of a LayerNorm folded into its
+//! products (`onnx::layer_norm`), in one pass (`layer_norm_scale`).
 
 use tract_hir::internal::*;
 use tract_linalg::multithread::{current_tract_executor, Executor};
