@@ -245,7 +245,7 @@ impl LinearF32 {
         };
         in_tract_pool(|parallelism| match parallelism {
             gemm::Parallelism::None => panels::units(m, n, 1).iter().try_for_each(unit),
-            _ => panels::units(m, n, rayon::current_num_threads()).par_iter().try_for_each(unit),
+            _ => panels::units(m, n, rayon::current_num_threads() * std::env::var("XSPLIT").ok().and_then(|v| v.parse().ok()).unwrap_or(1)).par_iter().try_for_each(unit),
         })
     }
 

@@ -169,16 +169,21 @@ unsafe fn product_unit_avx2(x: &[f32], unit: &Unit, weight: &PackedWeight, epilo
 }
 
 /// The kernel: `R` rows of `x` (`k` apart) against `depth` rows of a
-/// panel, in 2·`R` accumulators. Its own function returning them by value:
-/// inside [`Tile::run`] the compiler kept a copy of them on the stack,
-/// written at every step (half the speed).
+/// panel, in 2·`R` accumulators; 6 rows (all of a unit's tiles but its
+/// last rows') by [`six_rows`] in steps of 4, the rest here. Its own
+/// function returning them by value: inside [`Tile::run`] the compiler
+/// kept a copy of them on the stack, written at every step (half the
+/// speed).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn accumulate<const R: usize>(x: *const f32, k: usize, panel: *const f32, depth: usize) -> [[__m256; 2]; R] {
-    let mut acc = [[_mm256_setzero_ps(); 2]; R];
     // One pointer per row: an address each, not a chain of additions.
     let rows: [*const f32; R] = std::array::from_fn(|i| x.add(i * k));
-    let mut p = 0;
+    let (mut acc, mut p) = match R {
+        // SAFETY: R is 6 here, the two arrays one type.
+        ROWS => (std::mem::transmute_copy(&six_rows(x, k, panel, depth / 4)), depth / 4 * 4),
+        _ => ([[_mm256_setzero_ps(); 2]; R], 0),
+    };
     while p + 2 <= depth {
         step(&mut acc, &rows, panel, p);
         step(&mut acc, &rows, panel, p + 1);
@@ -188,6 +193,101 @@ unsafe fn accumulate<const R: usize>(x: *const f32, k: usize, panel: *const f32,
         step(&mut acc, &rows, panel, p);
     }
     acc
+}
+
+/// Step `$p` of [`six_rows`]' loop body: panel row `$p` (two vectors in
+/// ymm0/ymm1) against value `$p` of each of the 6 rows (broadcast into
+/// ymm2/ymm3 in turn), into the accumulators ymm4..ymm15.
+#[cfg(target_arch = "x86_64")]
+macro_rules! six_rows_step {
+    ($p:literal) => {
+        concat!(
+            "vmovups ymm0, [{panel} + ", $p, " * 64]\n",
+            "vmovups ymm1, [{panel} + ", $p, " * 64 + 32]\n",
+            "vbroadcastss ymm2, [{x} + ", $p, " * 4]\n",
+            "vfmadd231ps ymm4, ymm2, ymm0\n",
+            "vfmadd231ps ymm5, ymm2, ymm1\n",
+            "vbroadcastss ymm3, [{x} + {stride} + ", $p, " * 4]\n",
+            "vfmadd231ps ymm6, ymm3, ymm0\n",
+            "vfmadd231ps ymm7, ymm3, ymm1\n",
+            "vbroadcastss ymm2, [{x} + 2 * {stride} + ", $p, " * 4]\n",
+            "vfmadd231ps ymm8, ymm2, ymm0\n",
+            "vfmadd231ps ymm9, ymm2, ymm1\n",
+            "vbroadcastss ymm3, [{x3} + ", $p, " * 4]\n",
+            "vfmadd231ps ymm10, ymm3, ymm0\n",
+            "vfmadd231ps ymm11, ymm3, ymm1\n",
+            "vbroadcastss ymm2, [{x3} + {stride} + ", $p, " * 4]\n",
+            "vfmadd231ps ymm12, ymm2, ymm0\n",
+            "vfmadd231ps ymm13, ymm2, ymm1\n",
+            "vbroadcastss ymm3, [{x3} + 2 * {stride} + ", $p, " * 4]\n",
+            "vfmadd231ps ymm14, ymm3, ymm0\n",
+            "vfmadd231ps ymm15, ymm3, ymm1\n",
+        )
+    };
+}
+
+/// [`accumulate`] for 6 rows and `4 · quads` steps, in assembly: the
+/// rows addressed from two pointers and the stride (`x`, `x + stride`,
+/// `x + 2·stride`, then the same from `x + 3·stride`), 4 steps per
+/// iteration. The compiler's version of the same loop recomputes the
+/// rows' addresses by a chain of additions at every step.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn six_rows(x: *const f32, k: usize, panel: *const f32, quads: usize) -> [[__m256; 2]; 6] {
+    let (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11): (__m256, __m256, __m256, __m256, __m256, __m256, __m256, __m256, __m256, __m256, __m256, __m256);
+    std::arch::asm!(
+        "vxorps ymm4, ymm4, ymm4",
+        "vxorps ymm5, ymm5, ymm5",
+        "vxorps ymm6, ymm6, ymm6",
+        "vxorps ymm7, ymm7, ymm7",
+        "vxorps ymm8, ymm8, ymm8",
+        "vxorps ymm9, ymm9, ymm9",
+        "vxorps ymm10, ymm10, ymm10",
+        "vxorps ymm11, ymm11, ymm11",
+        "vxorps ymm12, ymm12, ymm12",
+        "vxorps ymm13, ymm13, ymm13",
+        "vxorps ymm14, ymm14, ymm14",
+        "vxorps ymm15, ymm15, ymm15",
+        "lea {x3}, [{x} + 2 * {stride}]",
+        "add {x3}, {stride}",
+        "test {quads}, {quads}",
+        "jz 3f",
+        "2:",
+        six_rows_step!(0),
+        six_rows_step!(1),
+        six_rows_step!(2),
+        six_rows_step!(3),
+        "add {x}, 16",
+        "add {x3}, 16",
+        "add {panel}, 256",
+        "dec {quads}",
+        "jnz 2b",
+        "3:",
+        x = inout(reg) x => _,
+        x3 = out(reg) _,
+        stride = in(reg) k * 4,
+        panel = inout(reg) panel => _,
+        quads = inout(reg) quads => _,
+        out("ymm0") _,
+        out("ymm1") _,
+        out("ymm2") _,
+        out("ymm3") _,
+        out("ymm4") a0,
+        out("ymm5") a1,
+        out("ymm6") a2,
+        out("ymm7") a3,
+        out("ymm8") a4,
+        out("ymm9") a5,
+        out("ymm10") a6,
+        out("ymm11") a7,
+        out("ymm12") a8,
+        out("ymm13") a9,
+        out("ymm14") a10,
+        out("ymm15") a11,
+        options(nostack, readonly),
+    );
+    [[a0, a1], [a2, a3], [a4, a5], [a6, a7], [a8, a9], [a10, a11]]
 }
 
 /// Step `p` of [`accumulate`]: row `p` of the panel against value `p`
@@ -339,34 +439,36 @@ mod tests {
             return;
         }
         // 13 rows (two of six and a remainder), two passes over the inner
-        // dimension, 37 columns (a partial panel).
-        let (m, k, n) = (13, DEPTH + 29, 37);
-        let x: Vec<f32> = (0..m * k).map(|v| ((v * 7) % 11) as f32 * 0.3 - 1.4).collect();
-        let w: Vec<f32> = (0..k * n).map(|v| ((v * 5) % 13) as f32 * 0.1 - 0.6).collect();
-        let r: Vec<f32> = (0..m).map(|v| 0.5 + v as f32 * 0.1).collect();
-        let c: Vec<f32> = (0..n).map(|v| v as f32 * -0.2).collect();
-        let s: Vec<f32> = (0..m * n).map(|v| (v % 3) as f32).collect();
-        let packed = PackedWeight::new(&w, k, n);
-        let expected = reference(&x, &w, m, k, n);
-        let epilogue = Epilogue { row_scale: Some(&r), bias: Some(&c), residual: Some(&s) };
-        // Every unit of a split over three threads: rows of 6 (the last
-        // 1), columns of 128 (one unit, partial).
-        let mut out = vec![f32::NAN; m * n];
-        for unit in units(m, n, 3) {
-            // SAFETY: `out` is [m, n], the units disjoint.
-            unsafe { product_unit(&x, &unit, &packed, epilogue, out.as_mut_ptr()) };
-        }
-        for (index, got) in out.iter().enumerate() {
-            let (i, j) = (index / n, index % n);
-            let want = expected[i * n + j] * r[i] as f64 + c[j] as f64 + s[i * n + j] as f64;
-            assert!((*got as f64 - want).abs() < 1e-3, "({i}, {j}): {got} against {want}");
-        }
-        let mut plain = vec![f32::NAN; m * n];
-        let whole = Unit { rows: 0..m, columns: 0..n };
-        // SAFETY: as above, one unit.
-        unsafe { product_unit(&x, &whole, &packed, Epilogue::default(), plain.as_mut_ptr()) };
-        for (got, want) in plain.iter().zip(&expected) {
-            assert!((*got as f64 - want).abs() < 1e-3, "{got} against {want}");
+        // dimension (the second 29 deep: 7 steps of 4 in assembly and 1
+        // after; or 3 deep: none in assembly), 37 columns (a partial panel).
+        for (m, k, n) in [(13, DEPTH + 29, 37), (13, DEPTH + 3, 37)] {
+            let x: Vec<f32> = (0..m * k).map(|v| ((v * 7) % 11) as f32 * 0.3 - 1.4).collect();
+            let w: Vec<f32> = (0..k * n).map(|v| ((v * 5) % 13) as f32 * 0.1 - 0.6).collect();
+            let r: Vec<f32> = (0..m).map(|v| 0.5 + v as f32 * 0.1).collect();
+            let c: Vec<f32> = (0..n).map(|v| v as f32 * -0.2).collect();
+            let s: Vec<f32> = (0..m * n).map(|v| (v % 3) as f32).collect();
+            let packed = PackedWeight::new(&w, k, n);
+            let expected = reference(&x, &w, m, k, n);
+            let epilogue = Epilogue { row_scale: Some(&r), bias: Some(&c), residual: Some(&s) };
+            // Every unit of a split over three threads: rows of 6 (the last
+            // 1), columns of 128 (one unit, partial).
+            let mut out = vec![f32::NAN; m * n];
+            for unit in units(m, n, 3) {
+                // SAFETY: `out` is [m, n], the units disjoint.
+                unsafe { product_unit(&x, &unit, &packed, epilogue, out.as_mut_ptr()) };
+            }
+            for (index, got) in out.iter().enumerate() {
+                let (i, j) = (index / n, index % n);
+                let want = expected[i * n + j] * r[i] as f64 + c[j] as f64 + s[i * n + j] as f64;
+                assert!((*got as f64 - want).abs() < 1e-3, "({i}, {j}): {got} against {want}");
+            }
+            let mut plain = vec![f32::NAN; m * n];
+            let whole = Unit { rows: 0..m, columns: 0..n };
+            // SAFETY: as above, one unit.
+            unsafe { product_unit(&x, &whole, &packed, Epilogue::default(), plain.as_mut_ptr()) };
+            for (got, want) in plain.iter().zip(&expected) {
+                assert!((*got as f64 - want).abs() < 1e-3, "{got} against {want}");
+            }
         }
     }
 }
