@@ -4,14 +4,14 @@
 //! registers: `y = (x·W) ⊙ r + c + s`. The kernel and the loop order are
 //! the classic ones for AVX2 + FMA (as in ONNX Runtime's MLAS): 6 rows of
 //! `x` read in place, each value broadcast against the 16 columns of a
-//! panel into 12 accumulators; those 6 rows (in L1) against
-//! [`PANELS_PER_PASS`] panels (in L2) before the next 6. Packing the
-//! weight once and writing each output value once saves `gemm`'s packing
-//! of the weight at every run and the passes over the output before and
-//! after the product. In a scratch replica of the backbone's 48 products
-//! (25 runs of each, taking turns) it ran them in 0.86x `gemm`'s time on
-//! two cores of an AVX2 Zen 3 and 0.92x on one; in the graph, tract
-//! against ONNX Runtime went from 1.23x to 1.19x (README, `bench`).
+//! panel into 12 accumulators (in assembly, [`six_rows`]); those 6 rows
+//! (in L1) against [`PANELS_PER_PASS`] panels (in L2) before the next 6.
+//! Packing the weight once and writing each output value once saves
+//! `gemm`'s packing of the weight at every run and the passes over the
+//! output before and after the product. On two cores of an AVX2 Zen 3,
+//! tract against ONNX Runtime went from 1.23x (`gemm`) to 1.19x with the
+//! compiler's kernel and to 1.05-1.08x with the assembly one (README,
+//! `bench`).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
