@@ -135,7 +135,9 @@ impl EvalOp for MultiHeadAttentionF32 {
         let units = batch * self.heads * blocks;
         in_tract_pool(|parallelism| match parallelism {
             gemm::Parallelism::None => (0..units).try_for_each(block),
-            _ => (0..units).into_par_iter().try_for_each(block),
+            // One unit per piece of work that an idle thread can take
+            // (`linear`'s `eval_panels` says why).
+            _ => (0..units).into_par_iter().with_max_len(1).try_for_each(block),
         })?;
         Ok(tvec!(output.into_tvalue()))
     }
