@@ -209,7 +209,7 @@ impl EvalOp for LinearF32 {
         {
             let mut y_view = output.try_as_plain_ram_mut()?;
             let y = y_view.as_slice_mut::<f32>()?;
-            let epilogue = Epilogue { row_scale: r, bias, residual };
+            let epilogue = Epilogue { row_scale: r, bias, residual, gelu: self.gelu };
             match &self.kernel {
                 Kernel::Panels(packed) => self.eval_panels(x, packed, epilogue, y)?,
                 Kernel::Gemm(weight) => self.eval_gemm(x, weight, epilogue, y)?,
@@ -221,27 +221,16 @@ impl EvalOp for LinearF32 {
 
 impl LinearF32 {
     /// [`Kernel::Panels`]: the output's units (`panels::units`) spread
-    /// over tract's threads, each unit's product with the epilogue, then
-    /// its GELU.
+    /// over tract's threads, each unit's product with the epilogue (the
+    /// GELU included).
     fn eval_panels(&self, x: &[f32], packed: &PackedWeight, epilogue: Epilogue, y: &mut [f32]) -> TractResult<()> {
         let n = packed.n();
         let m = y.len() / n;
-        let erf = Func::Erf.ew_f32()?;
         let output = SharedOutput(y.as_mut_ptr());
         let unit = |unit: &panels::Unit| -> TractResult<()> {
             // SAFETY: `y` is [m, n]; each unit writes its own part.
             unsafe { panels::product_unit(x, unit, packed, epilogue, output.add(0)) };
-            if !self.gelu {
-                return Ok(());
-            }
-            let mut scratch = vec![0f32; unit.columns.len()];
-            wide::vectorised(|| {
-                unit.rows.clone().try_for_each(|row| {
-                    // SAFETY: as above, this unit's columns of one row.
-                    let values = unsafe { std::slice::from_raw_parts_mut(output.add(row * n + unit.columns.start), unit.columns.len()) };
-                    gelu(values, &mut scratch, &*erf)
-                })
-            })
+            Ok(())
         };
         in_tract_pool(|parallelism| match parallelism {
             gemm::Parallelism::None => panels::units(m, n, 1).iter().try_for_each(unit),
@@ -308,15 +297,12 @@ impl LinearF32 {
 /// tract's own kernel (as its `GeluExact` does).
 fn gelu_rows(chunk: &mut [f32], n: usize, erf: &dyn ElementWise<f32>) -> TractResult<()> {
     let mut scratch = vec![0f32; n];
-    chunk.chunks_exact_mut(n).try_for_each(|row| gelu(row, &mut scratch, erf))
-}
-
-/// [`gelu_rows`] on one run of values, `scratch` as long.
-fn gelu(values: &mut [f32], scratch: &mut [f32], erf: &dyn ElementWise<f32>) -> TractResult<()> {
-    scratch.iter_mut().zip(values.iter()).for_each(|(s, v)| *s = v * std::f32::consts::FRAC_1_SQRT_2);
-    erf.run(scratch)?;
-    values.iter_mut().zip(scratch.iter()).for_each(|(v, e)| *v *= 0.5 * (e + 1.0));
-    Ok(())
+    chunk.chunks_exact_mut(n).try_for_each(|values| {
+        scratch.iter_mut().zip(values.iter()).for_each(|(s, v)| *s = v * std::f32::consts::FRAC_1_SQRT_2);
+        erf.run(&mut scratch)?;
+        values.iter_mut().zip(scratch.iter()).for_each(|(v, e)| *v *= 0.5 * (e + 1.0));
+        Ok(())
+    })
 }
 
 impl TypedOp for LinearF32 {
