@@ -152,8 +152,8 @@ impl TractEngine {
             entry.1 += start.elapsed().as_secs_f64() * 1000.0;
             outputs
         };
-        let state = &mut self.state;
-        float_ops::in_tract_pool(|_| state.run_plan_with_eval(tvec!(Tensor::from(input.into_dyn()).into_tvalue()), timed))
+        self.state
+            .run_plan_with_eval(tvec!(Tensor::from(input.into_dyn()).into_tvalue()), timed)
             .map_err(|e| EngineError::Run(format!("{e:#}")))?;
         let mut profile: Vec<OpTime> = times.into_iter().map(|(op, (nodes, ms))| OpTime { op, nodes, ms }).collect();
         profile.sort_by(|a, b| b.ms.total_cmp(&a.ms));
@@ -168,8 +168,7 @@ impl Engine for TractEngine {
 
     fn run(&mut self, input: Array4<f32>) -> Result<Array3<f32>, EngineError> {
         let run_err = |e: TractError| EngineError::Run(format!("{e:#}"));
-        let state = &mut self.state;
-        let outputs = float_ops::in_tract_pool(|_| state.run(tvec!(Tensor::from(input.into_dyn()).into_tvalue()))).map_err(run_err)?;
+        let outputs = self.state.run(tvec!(Tensor::from(input.into_dyn()).into_tvalue())).map_err(run_err)?;
         let view = outputs[0].to_plain_array_view::<f32>().map_err(run_err)?;
         let shape = view.shape().to_vec();
         self.spec.to_grid(&shape, view.iter().copied().collect())

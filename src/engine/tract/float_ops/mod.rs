@@ -117,11 +117,8 @@ unsafe fn product(lhs: Matrix, rhs: Matrix, dst: *mut f32, dst_row_stride: usize
 }
 
 /// Runs `f` inside tract's thread pool (where its own products run), with
-/// the `gemm` parallelism that uses it. The engine runs its whole plan
-/// in it too: each op's work then starts on the thread that runs the plan,
-/// instead of waking two workers while that thread sleeps (a quarter of
-/// the context switches; 0-4 % faster frames, measured frame by frame).
-pub(crate) fn in_tract_pool<R: Send>(f: impl FnOnce(gemm::Parallelism) -> R + Send) -> R {
+/// the `gemm` parallelism that uses it.
+fn in_tract_pool<R: Send>(f: impl FnOnce(gemm::Parallelism) -> R + Send) -> R {
     match current_tract_executor() {
         Executor::MultiThread(pool) if pool.current_num_threads() > 1 => pool.install(|| f(gemm::Parallelism::Rayon(0))),
         _ => f(gemm::Parallelism::None),
