@@ -10,8 +10,9 @@
 //! `gemm`'s packing of the weight at every run and the passes over the
 //! output before and after the product. On two cores of an AVX2 Zen 3,
 //! tract against ONNX Runtime went from 1.23x (`gemm`) to 1.19x with the
-//! compiler's kernel and to 1.05-1.08x with the assembly one (README,
-//! `bench`).
+//! compiler's kernel, to 1.05-1.08x with the assembly one and to
+//! 0.91-0.97x with the GELU in the epilogue and the units shared one by
+//! one (README, `bench`).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
