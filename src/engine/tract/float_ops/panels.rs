@@ -1,11 +1,12 @@
 //! A float product with a constant weight packed once, at load, into
 //! panels of [`PANEL`] columns and [`DEPTH`] rows, and its epilogue (row
 //! scale, bias, residual, GELU) applied to the results while they are
-//! still in registers: `y = act((x·W) ⊙ r + c + s)`. The kernel and the loop order are
-//! the classic ones for AVX2 + FMA (as in ONNX Runtime's MLAS): 6 rows of
-//! `x` read in place, each value broadcast against the 16 columns of a
-//! panel into 12 accumulators (in assembly, [`six_rows`]); those 6 rows
-//! (in L1) against [`PANELS_PER_PASS`] panels (in L2) before the next 6.
+//! still in registers: `y = act((x·W) ⊙ r + c + s)`. The kernel and the
+//! loop order are the classic ones for AVX2 + FMA (as in ONNX Runtime's
+//! MLAS): 6 rows of `x` read in place, each value broadcast against the
+//! 16 columns of a panel into 12 accumulators (in assembly,
+//! [`six_rows`]); those 6 rows (in L1) against [`PANELS_PER_PASS`] panels
+//! (in L2) before the next 6.
 //! Packing the weight once and writing each output value once saves
 //! `gemm`'s packing of the weight at every run and the passes over the
 //! output before and after the product. On two cores of an AVX2 Zen 3,
